@@ -1,0 +1,118 @@
+//! The auth-service's one error type, and the one place it becomes a gRPC
+//! status. Internal failures are logged in full here and answered with a
+//! generic message: no SQL, path or library detail ever reaches a caller.
+
+use shared::status::{self, FieldErrors};
+use tonic::Status;
+
+/// Everything that can go wrong while serving a call.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed, field by field.
+    #[error("invalid request: {0:?}")]
+    InvalidArgument(FieldErrors),
+    /// Another account already has this username (any case).
+    #[error("username taken")]
+    UsernameTaken,
+    /// Another account already has this email.
+    #[error("email taken")]
+    EmailTaken,
+    /// No such user.
+    #[error("user not found")]
+    UserNotFound,
+    /// A call that needs a token came without one.
+    #[error("not authenticated")]
+    NotAuthenticated,
+    /// The token is bad, expired, or its session has ended.
+    #[error("invalid token")]
+    InvalidToken,
+    /// Login with an unknown account or a wrong password.
+    #[error("bad credentials")]
+    BadCredentials,
+    /// A refresh token that is unknown, used, or past its session's end.
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    /// The internal token is missing or wrong.
+    #[error("bad internal token")]
+    BadInternalToken,
+    /// A feature whose issue has not landed yet.
+    #[error("not implemented")]
+    Unimplemented,
+    /// The database cannot be reached or is overloaded.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else: a bug or a broken invariant.
+    #[error("internal error: {0}")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The result of every fallible operation in the service.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<FieldErrors> for Error {
+    fn from(errors: FieldErrors) -> Self {
+        Error::InvalidArgument(errors)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) {
+            Error::Unavailable(e)
+        } else {
+            Error::Internal(e.into())
+        }
+    }
+}
+
+/// Whether `e` means the database is out of reach or too busy, rather than
+/// that the query is wrong: those calls are worth retrying.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: connection exceptions (08), shutdown (57P), too many
+            // connections (53300). SQLite: busy (5) and locked (6).
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "53300"
+                || code == "5"
+                || code == "6"
+        }
+        _ => false,
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidArgument(errors) => errors.into_status(),
+            Error::UsernameTaken => Status::already_exists("Username already exists"),
+            Error::EmailTaken => Status::already_exists("Email already registered"),
+            Error::UserNotFound => Status::not_found("User not found"),
+            Error::NotAuthenticated => status::not_authenticated(),
+            Error::InvalidToken => status::invalid_token(),
+            Error::BadCredentials => {
+                Status::unauthenticated("Incorrect username/email or password")
+            }
+            Error::InvalidRefreshToken => {
+                Status::unauthenticated("Invalid or expired refresh token")
+            }
+            Error::BadInternalToken => Status::unauthenticated("Invalid internal token"),
+            Error::Unimplemented => Status::unimplemented("Not implemented yet"),
+            Error::Unavailable(e) => {
+                tracing::warn!(error = %e, "database unavailable");
+                Status::unavailable(status::SERVICE_UNAVAILABLE)
+            }
+            Error::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                Status::internal(status::INTERNAL)
+            }
+        }
+    }
+}

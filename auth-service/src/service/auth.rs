@@ -1,0 +1,172 @@
+//! `blog.auth.v1.AuthService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use shared::{
+    proto::auth::{
+        ChangePasswordRequest, GetJwksRequest, Jwks, LoginRequest, LogoutRequest,
+        RefreshTokenRequest, RequestPasswordResetRequest, ResetPasswordRequest, TokenResponse,
+        auth_service_server::AuthService,
+    },
+    status::FieldErrors,
+};
+
+use crate::{AppState, domain::Password, error::Error, store::Sessions};
+
+/// Handlers of `AuthService`.
+pub struct AuthApi {
+    /// Shared service state.
+    state: Arc<AppState>,
+}
+
+impl AuthApi {
+    /// Handlers over `state`.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+fn required(errors: &mut FieldErrors, field: &str, value: &str) {
+    if value.is_empty() {
+        errors.add(field, "must not be empty");
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    #[tracing::instrument(skip_all)]
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<TokenResponse>, Status> {
+        let request = request.into_inner();
+        let mut errors = FieldErrors::default();
+        required(
+            &mut errors,
+            "username_or_email",
+            request.username_or_email.trim(),
+        );
+        required(&mut errors, "password", &request.password);
+        errors.finish().map_err(Error::from)?;
+
+        let user = self
+            .state
+            .store
+            .user_by_login(&request.username_or_email)
+            .await?;
+        let password = Password::presented(request.password);
+        // Unknown accounts are verified against a dummy hash: same answer,
+        // same time as a wrong password.
+        let verified = self
+            .state
+            .passwords
+            .verify(&password, user.as_ref().map(|u| u.password_hash.as_str()))
+            .await?;
+        let user = match user {
+            Some(user) if verified => user,
+            _ => {
+                tracing::info!("login failed");
+                return Err(Error::BadCredentials.into());
+            }
+        };
+        let tokens = self.state.sessions.start(user.id, &user.username).await?;
+        tracing::info!(user_id = user.id, "logged in");
+        Ok(Response::new(tokens))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn refresh_token(
+        &self,
+        request: Request<RefreshTokenRequest>,
+    ) -> Result<Response<TokenResponse>, Status> {
+        let refresh_token = request.into_inner().refresh_token;
+        let mut errors = FieldErrors::default();
+        required(&mut errors, "refresh_token", &refresh_token);
+        errors.finish().map_err(Error::from)?;
+        Ok(Response::new(
+            self.state.sessions.refresh(&refresh_token).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<()>, Status> {
+        let me = self.state.sessions.require_live(&request).await?;
+        let which = if request.get_ref().all_sessions {
+            Sessions::All
+        } else {
+            Sessions::Only(&me.session_id)
+        };
+        let ended = self.state.sessions.end(me.id, which).await?;
+        tracing::info!(user_id = me.id, sessions = ended.len(), "logged out");
+        Ok(Response::new(()))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<()>, Status> {
+        let me = self.state.sessions.require_live(&request).await?;
+        let request = request.into_inner();
+        let current = Password::presented(request.current_password);
+        let mut errors = FieldErrors::default();
+        let new = errors.check("new_password", Password::parse(request.new_password));
+        errors.finish().map_err(Error::from)?;
+        let Some(new) = new else {
+            unreachable!("finish() returned Ok, so new_password parsed");
+        };
+
+        let user = self
+            .state
+            .store
+            .user_by_id(me.id)
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        if !self
+            .state
+            .passwords
+            .verify(&current, Some(&user.password_hash))
+            .await?
+        {
+            return Err(Error::from(FieldErrors::single(
+                "current_password",
+                "Current password is incorrect",
+            ))
+            .into());
+        }
+        let hash = self.state.passwords.hash(&new).await?;
+        let ended = self
+            .state
+            .store
+            .set_password(me.id, &hash, Sessions::AllBut(&me.session_id))
+            .await?;
+        tracing::info!(
+            user_id = me.id,
+            sessions_ended = ended.len(),
+            "password changed"
+        );
+        Ok(Response::new(()))
+    }
+
+    async fn request_password_reset(
+        &self,
+        _request: Request<RequestPasswordResetRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(Error::Unimplemented.into())
+    }
+
+    async fn reset_password(
+        &self,
+        _request: Request<ResetPasswordRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(Error::Unimplemented.into())
+    }
+
+    async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<Jwks>, Status> {
+        Ok(Response::new(Jwks {
+            keys: self.state.tokens.keys().jwks().to_vec(),
+        }))
+    }
+}

@@ -1,0 +1,178 @@
+//! `blog.auth.v1.UserService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use shared::{
+    proto::auth::{
+        CreateUserRequest, DeleteAvatarRequest, DeleteMeRequest, GetMeRequest, GetUserRequest,
+        SetAvatarRequest, UpdateMeRequest, User, UserProfile, user_service_server::UserService,
+    },
+    status::FieldErrors,
+};
+
+use crate::{
+    AppState, avatar_url,
+    domain::{Email, Password, Username},
+    error::Error,
+    service::timestamp,
+    store::{NewUser, UserRecord},
+};
+
+/// Handlers of `UserService`.
+pub struct UsersApi {
+    /// Shared service state.
+    state: Arc<AppState>,
+}
+
+impl UsersApi {
+    /// Handlers over `state`.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+
+    fn user(&self, record: UserRecord) -> User {
+        User {
+            id: record.id,
+            avatar_url: avatar_url(&self.state.public_url, record.avatar_key.as_deref()),
+            username: record.username,
+            email: record.email,
+            create_time: timestamp(record.create_time),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for UsersApi {
+    #[tracing::instrument(skip_all)]
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<User>, Status> {
+        let request = request.into_inner();
+        let mut errors = FieldErrors::default();
+        let username = errors.check("username", Username::parse(&request.username));
+        let email = errors.check("email", Email::parse(&request.email));
+        let password = errors.check("password", Password::parse(request.password));
+        errors.finish().map_err(Error::from)?;
+        let (Some(username), Some(email), Some(password)) = (username, email, password) else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+
+        let password_hash = self.state.passwords.hash(&password).await?;
+        let created = self
+            .state
+            .store
+            .create_user(NewUser {
+                username: &username,
+                email: &email,
+                password_hash: &password_hash,
+            })
+            .await?;
+        tracing::info!(user_id = created.id, "user created");
+        Ok(Response::new(self.user(created)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<UserProfile>, Status> {
+        let id = request.into_inner().id;
+        if id <= 0 {
+            return Err(Error::UserNotFound.into());
+        }
+        let user = self
+            .state
+            .store
+            .user_by_id(id)
+            .await?
+            .ok_or(Error::UserNotFound)?;
+        Ok(Response::new(UserProfile {
+            id: user.id,
+            username: user.username,
+            avatar_url: avatar_url(&self.state.public_url, user.avatar_key.as_deref()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_me(&self, request: Request<GetMeRequest>) -> Result<Response<User>, Status> {
+        let me = self.state.sessions.require_live(&request).await?;
+        let user = self
+            .state
+            .store
+            .user_by_id(me.id)
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        Ok(Response::new(self.user(user)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_me(&self, request: Request<UpdateMeRequest>) -> Result<Response<User>, Status> {
+        let me = self.state.sessions.require_live(&request).await?;
+        let request = request.into_inner();
+        let mut errors = FieldErrors::default();
+        let username = request
+            .username
+            .as_deref()
+            .and_then(|raw| errors.check("username", Username::parse(raw)));
+        let email = request
+            .email
+            .as_deref()
+            .and_then(|raw| errors.check("email", Email::parse(raw)));
+        errors.finish().map_err(Error::from)?;
+
+        let user = if username.is_none() && email.is_none() {
+            self.state.store.user_by_id(me.id).await?
+        } else {
+            self.state
+                .store
+                .update_user(me.id, username.as_ref(), email.as_ref())
+                .await?
+        };
+        let user = user.ok_or(Error::InvalidToken)?;
+        Ok(Response::new(self.user(user)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_me(&self, request: Request<DeleteMeRequest>) -> Result<Response<()>, Status> {
+        let me = self.state.sessions.require_live(&request).await?;
+        let password = Password::presented(request.into_inner().password);
+        let user = self
+            .state
+            .store
+            .user_by_id(me.id)
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        if !self
+            .state
+            .passwords
+            .verify(&password, Some(&user.password_hash))
+            .await?
+        {
+            return Err(
+                Error::from(FieldErrors::single("password", "Password is incorrect")).into(),
+            );
+        }
+        self.state.store.delete_user(me.id).await?;
+        tracing::info!(user_id = me.id, "user deleted");
+        Ok(Response::new(()))
+    }
+
+    async fn set_avatar(
+        &self,
+        request: Request<SetAvatarRequest>,
+    ) -> Result<Response<User>, Status> {
+        self.state.sessions.require_live(&request).await?;
+        Err(Error::Unimplemented.into())
+    }
+
+    async fn delete_avatar(
+        &self,
+        request: Request<DeleteAvatarRequest>,
+    ) -> Result<Response<User>, Status> {
+        self.state.sessions.require_live(&request).await?;
+        Err(Error::Unimplemented.into())
+    }
+}

@@ -1,0 +1,405 @@
+//! The [`Store`](super::Store) implementation both backends share. PostgreSQL
+//! and SQLite agree on every statement here (`$n` parameters, `RETURNING`,
+//! `ON CONFLICT`), so the SQL is written once; each backend supplies how a
+//! write transaction begins and how outbox writers are ordered.
+
+/// A user row's columns, in [`UserRecord`](super::UserRecord) order.
+macro_rules! user_columns {
+    () => {
+        "id, username, email, password_hash, avatar_key, create_time"
+    };
+}
+pub(super) use user_columns;
+
+/// Implements [`Store`](super::Store) for `$store`, a struct with a `pool:
+/// Pool<$db>` and a `commits: watch::Sender<i64>` field and the inherent
+/// functions `begin_write` and `lock_outbox`.
+macro_rules! sql_store {
+    ($store:ident, $db:ty) => {
+        impl $store {
+            /// Appends `change` to the outbox inside `tx`; returns its sequence.
+            async fn record(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                change: &$crate::events::UserChange,
+            ) -> $crate::error::Result<i64> {
+                Self::lock_outbox(tx).await?;
+                let sequence = sqlx::query_scalar(
+                    "INSERT INTO user_events (time, payload) VALUES ($1, $2) RETURNING sequence",
+                )
+                .bind($crate::store::now_micros())
+                .bind(change.to_json())
+                .fetch_one(&mut **tx)
+                .await?;
+                Ok(sequence)
+            }
+
+            /// Commits, then wakes event streams if the transaction wrote an event.
+            async fn commit(
+                &self,
+                tx: sqlx::Transaction<'static, $db>,
+                sequence: Option<i64>,
+            ) -> $crate::error::Result<()> {
+                tx.commit().await?;
+                if let Some(sequence) = sequence {
+                    self.commits.send_replace(sequence);
+                }
+                Ok(())
+            }
+
+            /// Deletes sessions of `user_id` inside `tx` and records the
+            /// revocation; returns the ended ids and the event's sequence.
+            async fn end_sessions_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                user_id: i64,
+                which: $crate::store::Sessions<'_>,
+            ) -> $crate::error::Result<(Vec<String>, Option<i64>)> {
+                use $crate::store::Sessions;
+                let ended: Vec<String> = match which {
+                    Sessions::Only(id) => {
+                        sqlx::query_scalar("DELETE FROM sessions WHERE user_id = $1 AND id = $2 RETURNING id")
+                            .bind(user_id)
+                            .bind(id)
+                            .fetch_all(&mut **tx)
+                            .await?
+                    }
+                    Sessions::AllBut(id) => {
+                        sqlx::query_scalar("DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id")
+                            .bind(user_id)
+                            .bind(id)
+                            .fetch_all(&mut **tx)
+                            .await?
+                    }
+                    Sessions::All => {
+                        sqlx::query_scalar("DELETE FROM sessions WHERE user_id = $1 RETURNING id")
+                            .bind(user_id)
+                            .fetch_all(&mut **tx)
+                            .await?
+                    }
+                };
+                if ended.is_empty() {
+                    return Ok((ended, None));
+                }
+                let change = $crate::events::UserChange::SessionsRevoked {
+                    user_id,
+                    session_ids: ended.clone(),
+                };
+                let sequence = Self::record(tx, &change).await?;
+                Ok((ended, Some(sequence)))
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            async fn ping(&self) -> $crate::error::Result<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn create_user(
+                &self,
+                user: $crate::store::NewUser<'_>,
+            ) -> $crate::error::Result<$crate::store::UserRecord> {
+                let mut tx = self.begin_write().await?;
+                let now = $crate::store::now_micros();
+                let created: $crate::store::UserRecord = sqlx::query_as(concat!(
+                    "INSERT INTO users (username, username_key, email, password_hash, create_time, update_time) \
+                     VALUES ($1, $2, $3, $4, $5, $5) RETURNING ",
+                    $crate::store::sql::user_columns!()
+                ))
+                .bind(user.username.as_str())
+                .bind(user.username.key())
+                .bind(user.email.as_str())
+                .bind(user.password_hash)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err($crate::store::sql::on_unique_violation)?;
+                let change = $crate::events::UserChange::UserUpserted {
+                    user_id: created.id,
+                    username: created.username.clone(),
+                    avatar_key: None,
+                };
+                let sequence = Self::record(&mut tx, &change).await?;
+                self.commit(tx, Some(sequence)).await?;
+                Ok(created)
+            }
+
+            async fn user_by_id(&self, id: i64) -> $crate::error::Result<Option<$crate::store::UserRecord>> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::user_columns!(),
+                    " FROM users WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn user_by_login(&self, login: &str) -> $crate::error::Result<Option<$crate::store::UserRecord>> {
+                let key = login.trim().to_lowercase();
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::user_columns!(),
+                    " FROM users WHERE username_key = $1 OR email = $1 LIMIT 1"
+                ))
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn update_user(
+                &self,
+                id: i64,
+                username: Option<&$crate::domain::Username>,
+                email: Option<&$crate::domain::Email>,
+            ) -> $crate::error::Result<Option<$crate::store::UserRecord>> {
+                let mut tx = self.begin_write().await?;
+                let updated: Option<$crate::store::UserRecord> = sqlx::query_as(concat!(
+                    "UPDATE users SET username = COALESCE($2, username), \
+                     username_key = COALESCE($3, username_key), email = COALESCE($4, email), \
+                     update_time = $5 WHERE id = $1 RETURNING ",
+                    $crate::store::sql::user_columns!()
+                ))
+                .bind(id)
+                .bind(username.map(|u| u.as_str()))
+                .bind(username.map(|u| u.key()))
+                .bind(email.map(|e| e.as_str()))
+                .bind($crate::store::now_micros())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err($crate::store::sql::on_unique_violation)?;
+                let Some(updated) = updated else {
+                    return Ok(None);
+                };
+                // Only the public profile is replicated; an email change is
+                // nobody else's business.
+                let mut sequence = None;
+                if username.is_some() {
+                    let change = $crate::events::UserChange::UserUpserted {
+                        user_id: updated.id,
+                        username: updated.username.clone(),
+                        avatar_key: updated.avatar_key.clone(),
+                    };
+                    sequence = Some(Self::record(&mut tx, &change).await?);
+                }
+                self.commit(tx, sequence).await?;
+                Ok(Some(updated))
+            }
+
+            async fn delete_user(&self, id: i64) -> $crate::error::Result<Option<$crate::store::UserRecord>> {
+                let mut tx = self.begin_write().await?;
+                let deleted: Option<$crate::store::UserRecord> = sqlx::query_as(concat!(
+                    "DELETE FROM users WHERE id = $1 RETURNING ",
+                    $crate::store::sql::user_columns!()
+                ))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(deleted) = deleted else {
+                    return Ok(None);
+                };
+                let change = $crate::events::UserChange::UserDeleted { user_id: id };
+                let sequence = Self::record(&mut tx, &change).await?;
+                self.commit(tx, Some(sequence)).await?;
+                Ok(Some(deleted))
+            }
+
+            async fn set_password(
+                &self,
+                user_id: i64,
+                hash: &str,
+                revoke: $crate::store::Sessions<'_>,
+            ) -> $crate::error::Result<Vec<String>> {
+                let mut tx = self.begin_write().await?;
+                let updated = sqlx::query("UPDATE users SET password_hash = $2, update_time = $3 WHERE id = $1")
+                    .bind(user_id)
+                    .bind(hash)
+                    .bind($crate::store::now_micros())
+                    .execute(&mut *tx)
+                    .await?;
+                if updated.rows_affected() == 0 {
+                    return Err($crate::error::Error::UserNotFound);
+                }
+                let (ended, sequence) = Self::end_sessions_in(&mut tx, user_id, revoke).await?;
+                self.commit(tx, sequence).await?;
+                Ok(ended)
+            }
+
+            async fn create_session(&self, session: $crate::store::NewSession<'_>) -> $crate::error::Result<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("INSERT INTO sessions (id, user_id, create_time, expire_time) VALUES ($1, $2, $3, $4)")
+                    .bind(session.id)
+                    .bind(session.user_id)
+                    .bind($crate::store::now_micros())
+                    .bind(session.expire_time)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)")
+                    .bind(session.refresh_hash)
+                    .bind(session.id)
+                    .execute(&mut *tx)
+                    .await?;
+                self.commit(tx, None).await
+            }
+
+            async fn session_is_live(&self, session_id: &str, user_id: i64, now: i64) -> $crate::error::Result<bool> {
+                let found: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM sessions WHERE id = $1 AND user_id = $2 AND expire_time > $3",
+                )
+                .bind(session_id)
+                .bind(user_id)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(found.is_some())
+            }
+
+            async fn rotate_refresh_token(
+                &self,
+                old_hash: &[u8],
+                new_hash: &[u8],
+                now: i64,
+            ) -> $crate::error::Result<$crate::store::Rotation> {
+                use $crate::store::{Rotation, SessionRecord, Sessions};
+                let mut tx = self.begin_write().await?;
+                // Claiming the token is the first statement, so two concurrent
+                // refreshes with it cannot both win.
+                let claimed: Option<String> = sqlx::query_scalar(
+                    "UPDATE refresh_tokens SET used = TRUE WHERE token_hash = $1 AND used = FALSE RETURNING session_id",
+                )
+                .bind(old_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+
+                let Some(session_id) = claimed else {
+                    let reused: Option<String> =
+                        sqlx::query_scalar("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
+                            .bind(old_hash)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let Some(session_id) = reused else {
+                        return Ok(Rotation::Unknown);
+                    };
+                    let owner: Option<i64> = sqlx::query_scalar("SELECT user_id FROM sessions WHERE id = $1")
+                        .bind(&session_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let mut sequence = None;
+                    if let Some(user_id) = owner {
+                        sequence = Self::end_sessions_in(&mut tx, user_id, Sessions::Only(&session_id)).await?.1;
+                    }
+                    self.commit(tx, sequence).await?;
+                    return Ok(Rotation::Reused);
+                };
+
+                let session: Option<(String, i64, String, i64)> = sqlx::query_as(
+                    "SELECT s.id, s.user_id, u.username, s.expire_time \
+                     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
+                )
+                .bind(&session_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((id, user_id, username, expire_time)) = session else {
+                    return Ok(Rotation::Unknown);
+                };
+                if expire_time <= now {
+                    let sequence = Self::end_sessions_in(&mut tx, user_id, Sessions::Only(&id)).await?.1;
+                    self.commit(tx, sequence).await?;
+                    return Ok(Rotation::Expired);
+                }
+                sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)")
+                    .bind(new_hash)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                self.commit(tx, None).await?;
+                Ok(Rotation::Rotated(SessionRecord {
+                    id,
+                    user_id,
+                    username,
+                    expire_time,
+                }))
+            }
+
+            async fn end_sessions(
+                &self,
+                user_id: i64,
+                which: $crate::store::Sessions<'_>,
+            ) -> $crate::error::Result<Vec<String>> {
+                let mut tx = self.begin_write().await?;
+                let (ended, sequence) = Self::end_sessions_in(&mut tx, user_id, which).await?;
+                self.commit(tx, sequence).await?;
+                Ok(ended)
+            }
+
+            async fn signing_keys(&self) -> $crate::error::Result<Vec<$crate::store::KeyRecord>> {
+                Ok(sqlx::query_as(
+                    "SELECT kid, private_key, public_key, create_time FROM signing_keys \
+                     ORDER BY create_time DESC, kid DESC",
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn add_signing_key(&self, key: &$crate::store::KeyRecord) -> $crate::error::Result<()> {
+                sqlx::query(
+                    "INSERT INTO signing_keys (kid, private_key, public_key, create_time) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (kid) DO NOTHING",
+                )
+                .bind(&key.kid)
+                .bind(&key.private_key)
+                .bind(&key.public_key)
+                .bind(key.create_time)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn events_after(
+                &self,
+                sequence: i64,
+                limit: i64,
+            ) -> $crate::error::Result<Vec<$crate::store::EventRecord>> {
+                let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+                    "SELECT sequence, time, payload FROM user_events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+                )
+                .bind(sequence)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|(sequence, time, payload)| {
+                        Ok($crate::store::EventRecord {
+                            sequence,
+                            time,
+                            change: $crate::events::UserChange::from_json(&payload)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            fn event_commits(&self) -> tokio::sync::watch::Receiver<i64> {
+                self.commits.subscribe()
+            }
+        }
+    };
+}
+pub(super) use sql_store;
+
+/// Turns a unique-index violation into the matching client error; any other
+/// error passes through. The index names (PostgreSQL) and column names
+/// (SQLite's message) both say which field collided.
+pub(super) fn on_unique_violation(e: sqlx::Error) -> crate::error::Error {
+    if let Some(db) = e.as_database_error()
+        && db.is_unique_violation()
+    {
+        let what = db.constraint().unwrap_or_else(|| db.message());
+        if what.contains("email") {
+            return crate::error::Error::EmailTaken;
+        }
+        if what.contains("username") {
+            return crate::error::Error::UsernameTaken;
+        }
+    }
+    e.into()
+}

@@ -1,0 +1,67 @@
+//! Settings both services share, read from flags or the environment
+//! (DESIGN §5). Each service's own settings live in its crate.
+
+use std::{path::PathBuf, time::Duration};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines for a terminal.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Settings common to both services.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonConfig {
+    /// The `iss` of access tokens.
+    #[arg(long, env = "TOKEN_ISSUER", default_value = "blog-auth")]
+    pub token_issuer: String,
+    /// The `aud` of access tokens.
+    #[arg(long, env = "TOKEN_AUDIENCE", default_value = "blog")]
+    pub token_audience: String,
+    /// Tolerated clock skew when checking token times, in seconds (at most 30).
+    #[arg(long, env = "TOKEN_LEEWAY_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=30))]
+    pub token_leeway_secs: u64,
+    /// Shared secret guarding the internal event stream. When unset, one is
+    /// generated once under the data directory, which suits a local stack only.
+    #[arg(long, env = "INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<String>,
+    /// Where local state lives (SQLite files, the generated internal token).
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Serve gRPC server reflection. Switch off in production.
+    #[arg(long, env = "GRPC_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reflection: bool,
+    /// Longest time one call may take, in seconds.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+impl CommonConfig {
+    /// Tolerated clock skew.
+    pub fn token_leeway(&self) -> Duration {
+        Duration::from_secs(self.token_leeway_secs)
+    }
+
+    /// Longest time one call may take.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// Starts the global `tracing` subscriber: `RUST_LOG` filters (default
+/// `info`), lines in `format`. Calling it again is harmless.
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

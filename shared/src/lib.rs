@@ -1,0 +1,20 @@
+//! What the two blog services share, so that they agree by construction.
+//!
+//! - [`proto`]: the generated wire contract and its descriptor set.
+//! - [`verify`]: access-token verification (EdDSA, pinned rules).
+//! - [`current_user`]: the interceptor that verifies bearer tokens and the
+//!   [`CurrentUser`](current_user::CurrentUser) helper handlers call.
+//! - [`status`]: the fixed status messages and field-violation errors.
+//! - [`server`]: transport limits, health, reflection and shutdown.
+//! - [`config`]: settings both services read, and logging setup.
+//! - [`secret`]: random tokens, hashing and constant-time comparison.
+
+pub mod config;
+pub mod current_user;
+pub mod proto;
+pub mod secret;
+pub mod server;
+pub mod status;
+pub mod verify;
+
+pub use current_user::{AuthInterceptor, CurrentUser};

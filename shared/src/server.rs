@@ -1,0 +1,93 @@
+//! What every gRPC server of the project starts with: transport limits,
+//! health, reflection (v1 and v1alpha, for grpcurl of every age), logging and
+//! the shutdown signal.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::{
+    Server,
+    server::{Router, TcpIncoming},
+};
+
+use crate::proto::FILE_DESCRIPTOR_SET;
+
+/// A tonic server with the limits every service here runs under: a bounded
+/// number of streams per connection, keepalive that notices dead peers, and
+/// a per-call timeout so nothing holds resources forever.
+pub fn builder(request_timeout: Duration) -> Server {
+    Server::builder()
+        .max_concurrent_streams(256)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_local_error_reset_streams(Some(256))
+        .http2_max_header_list_size(16 * 1024)
+        .tcp_nodelay(true)
+        .timeout(request_timeout)
+}
+
+/// Adds reflection (v1 and v1alpha) for the whole contract plus
+/// `grpc.health.v1` and `google.rpc` error details to `router`, unless `enabled` is false.
+/// Only `services` (full names) are listed, so a client sees what this
+/// server actually serves.
+pub fn with_reflection<L>(
+    router: Router<L>,
+    enabled: bool,
+    services: &[&str],
+) -> Result<Router<L>, tonic_reflection::server::Error> {
+    if !enabled {
+        return Ok(router);
+    }
+    let configure = || {
+        let builder = services.iter().fold(
+            tonic_reflection::server::Builder::configure(),
+            |builder, name| builder.with_service_name(*name),
+        );
+        builder
+            .with_service_name("grpc.health.v1.Health")
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc error details, so clients can decode BadRequest.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok(router
+        .add_service(configure().build_v1()?)
+        .add_service(configure().build_v1alpha()?))
+}
+
+/// Turns a bound listener into tonic's incoming connection stream.
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C), the signals a supervisor or a
+/// terminal sends to ask for a graceful stop.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

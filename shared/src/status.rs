@@ -1,0 +1,106 @@
+//! The status messages clients are written against (DESIGN §3), and the one
+//! way to answer bad input: `INVALID_ARGUMENT` with a `google.rpc.BadRequest`
+//! field violation per bad field.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// No token on a call that needs one.
+pub const NOT_AUTHENTICATED: &str = "Not authenticated";
+/// A token that is malformed, badly signed, expired or revoked.
+pub const INVALID_TOKEN: &str = "Invalid or expired token";
+/// Keys not loaded yet: we cannot tell a good token from a bad one.
+pub const KEYS_UNAVAILABLE: &str = "Token verification is not available yet; try again shortly";
+/// A dependency (the database) is unreachable.
+pub const SERVICE_UNAVAILABLE: &str = "Service temporarily unavailable; try again shortly";
+/// Anything unexpected: the detail goes to the log, never to the caller.
+pub const INTERNAL: &str = "Internal error";
+
+/// `UNAUTHENTICATED "Not authenticated"`.
+pub fn not_authenticated() -> Status {
+    Status::unauthenticated(NOT_AUTHENTICATED)
+}
+
+/// `UNAUTHENTICATED "Invalid or expired token"`.
+pub fn invalid_token() -> Status {
+    Status::unauthenticated(INVALID_TOKEN)
+}
+
+/// Collects what is wrong with a request, field by field, so a client learns
+/// every problem in one round trip. Becomes `INVALID_ARGUMENT` with a
+/// `google.rpc.BadRequest` detail.
+#[derive(Debug, Default, Clone)]
+pub struct FieldErrors {
+    /// One entry per bad field, in request order.
+    violations: Vec<FieldViolation>,
+    /// The status message; by default the violations, joined.
+    message: Option<String>,
+}
+
+impl FieldErrors {
+    /// One bad field, with `message` as both the status message and the
+    /// violation's description.
+    pub fn single(field: &str, message: &str) -> Self {
+        let mut errors = Self::default();
+        errors.add(field, message);
+        errors.message = Some(message.to_owned());
+        errors
+    }
+
+    /// Records that `field` is bad because of `description`.
+    pub fn add(&mut self, field: &str, description: impl Into<String>) {
+        self.violations
+            .push(FieldViolation::new(field, description.into()));
+    }
+
+    /// Keeps the value of a parse, or records its error against `field`.
+    pub fn check<T, E: std::fmt::Display>(
+        &mut self,
+        field: &str,
+        parsed: Result<T, E>,
+    ) -> Option<T> {
+        match parsed {
+            Ok(value) => Some(value),
+            Err(e) => {
+                self.add(field, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// `Ok(())` when nothing was recorded, else these errors.
+    pub fn finish(self) -> Result<(), Self> {
+        if self.violations.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+
+    /// The violations recorded so far.
+    pub fn violations(&self) -> &[FieldViolation] {
+        &self.violations
+    }
+
+    /// The `INVALID_ARGUMENT` status.
+    pub fn into_status(self) -> Status {
+        let message = self.message.unwrap_or_else(|| {
+            self.violations
+                .iter()
+                .map(|v| format!("{}: {}", v.field, v.description))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        Status::with_error_details(
+            Code::InvalidArgument,
+            message,
+            ErrorDetails::with_bad_request(self.violations),
+        )
+    }
+}
+
+impl From<FieldErrors> for Status {
+    fn from(errors: FieldErrors) -> Self {
+        errors.into_status()
+    }
+}

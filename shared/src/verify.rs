@@ -1,0 +1,277 @@
+//! Access-token verification, shared by both services so that one set of rules
+//! decides who a caller is.
+//!
+//! The rules (DESIGN §2): the algorithm is pinned to EdDSA, the header must say
+//! `typ: at+jwt` and carry no `crit`, the key is found by `kid` in an in-memory
+//! set only (`jku`, `jwk` and `x5u` are never followed), every claim is
+//! required, leeway is bounded and oversized tokens are refused before any
+//! parsing.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::proto::auth::Jwk;
+
+/// The largest token accepted, in bytes. Ours are about 500.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// The most clock skew tolerated, in seconds.
+pub const MAX_LEEWAY_SECS: u64 = 30;
+/// The `typ` header of an access token (RFC 9068).
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+/// The longest `kid` looked up; ours are 16 characters.
+const MAX_KID_LEN: usize = 64;
+
+/// The claims of an access token, all of them required.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer (`TOKEN_ISSUER`).
+    pub iss: String,
+    /// Audience (`TOKEN_AUDIENCE`).
+    pub aud: String,
+    /// The user id, as a decimal string.
+    pub sub: String,
+    /// The session the token belongs to.
+    pub sid: String,
+    /// The username when the token was issued.
+    pub preferred_username: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: i64,
+    /// Not valid before, seconds since the epoch.
+    pub nbf: i64,
+    /// Expires at, seconds since the epoch.
+    pub exp: i64,
+    /// Unique token id.
+    pub jti: String,
+}
+
+/// Who a verified token says the caller is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user id (`sub`).
+    pub user_id: i64,
+    /// The session id (`sid`).
+    pub session_id: String,
+    /// The username at issue time (`preferred_username`).
+    pub username: String,
+    /// When the token expires, seconds since the epoch.
+    pub expires_at: i64,
+}
+
+/// Why a token was refused. Every variant but [`VerifyError::NoKeys`] means the
+/// caller's credentials are bad; the detail is for logs and metrics only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// No public key has been loaded yet: we cannot tell good from bad.
+    #[error("no verification keys loaded")]
+    NoKeys,
+    /// Larger than [`MAX_TOKEN_BYTES`].
+    #[error("token too large")]
+    TooLarge,
+    /// Not three base64url parts, or a header that is not valid JSON.
+    #[error("malformed token")]
+    Malformed,
+    /// A header this verifier refuses (`alg`, `typ`, `crit`, `kid`).
+    #[error("unacceptable header: {0}")]
+    Header(&'static str),
+    /// The `kid` names no key we hold.
+    #[error("unknown key id")]
+    UnknownKey,
+    /// Bad signature.
+    #[error("bad signature")]
+    Signature,
+    /// Past `exp`.
+    #[error("expired")]
+    Expired,
+    /// Before `nbf`, or issued in the future.
+    #[error("not yet valid")]
+    NotYetValid,
+    /// A claim is missing, of the wrong type, or has the wrong value.
+    #[error("bad claims: {0}")]
+    Claims(String),
+}
+
+impl VerifyError {
+    /// A short, fixed label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoKeys => "no_keys",
+            Self::TooLarge => "too_large",
+            Self::Malformed => "malformed",
+            Self::Header(_) => "header",
+            Self::UnknownKey => "unknown_kid",
+            Self::Signature => "signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Claims(_) => "claims",
+        }
+    }
+}
+
+/// A JWK the verifier cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("unusable JWK {kid:?}: {reason}")]
+pub struct BadJwk {
+    /// The key's id.
+    pub kid: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// Verifies access tokens against a replaceable set of Ed25519 public keys.
+///
+/// Cheap to share: clone the `Arc` it usually lives in. Key replacement is a
+/// pointer swap, so verification never waits on a refresh.
+pub struct Verifier {
+    /// Public keys by `kid`.
+    keys: RwLock<Arc<HashMap<String, DecodingKey>>>,
+    /// The pinned validation rules, built once.
+    validation: Validation,
+    /// Tolerated clock skew, seconds.
+    leeway: i64,
+}
+
+impl Verifier {
+    /// A verifier for tokens from `issuer` to `audience`, with no keys yet.
+    /// `leeway` is capped at [`MAX_LEEWAY_SECS`].
+    pub fn new(issuer: &str, audience: &str, leeway: Duration) -> Self {
+        let leeway = leeway.as_secs().min(MAX_LEEWAY_SECS);
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.leeway = leeway;
+        Self {
+            keys: RwLock::new(Arc::new(HashMap::new())),
+            validation,
+            leeway: leeway as i64,
+        }
+    }
+
+    /// Replaces the key set with `jwks`. Keys that are not Ed25519 signing
+    /// keys are refused, and then nothing changes.
+    pub fn set_keys(&self, jwks: &[Jwk]) -> Result<(), BadJwk> {
+        let mut keys = HashMap::with_capacity(jwks.len());
+        for jwk in jwks {
+            let bad = |reason| BadJwk {
+                kid: jwk.kid.clone(),
+                reason,
+            };
+            if jwk.kty != "OKP" || jwk.crv != "Ed25519" {
+                return Err(bad("not an Ed25519 key"));
+            }
+            if !jwk.alg.is_empty() && jwk.alg != "EdDSA" {
+                return Err(bad("alg is not EdDSA"));
+            }
+            if !jwk.r#use.is_empty() && jwk.r#use != "sig" {
+                return Err(bad("not a signing key"));
+            }
+            if jwk.kid.is_empty() || jwk.kid.len() > MAX_KID_LEN {
+                return Err(bad("bad kid"));
+            }
+            let key = DecodingKey::from_ed_components(&jwk.x).map_err(|_| bad("bad x"))?;
+            keys.insert(jwk.kid.clone(), key);
+        }
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        Ok(())
+    }
+
+    /// Whether any key is loaded.
+    pub fn has_keys(&self) -> bool {
+        !self.current_keys().is_empty()
+    }
+
+    /// Whether a key with this id is loaded.
+    pub fn knows_kid(&self, kid: &str) -> bool {
+        self.current_keys().contains_key(kid)
+    }
+
+    fn current_keys(&self) -> Arc<HashMap<String, DecodingKey>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Checks `token` and returns who it speaks for.
+    pub fn verify(&self, token: &str) -> Result<Identity, VerifyError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(VerifyError::TooLarge);
+        }
+        let keys = self.current_keys();
+        if keys.is_empty() {
+            return Err(VerifyError::NoKeys);
+        }
+        // Decoding an unknown `alg` (none, None, ...) fails here, before any key
+        // is chosen.
+        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(VerifyError::Header("alg"));
+        }
+        if !header
+            .typ
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE))
+        {
+            return Err(VerifyError::Header("typ"));
+        }
+        if header.crit.is_some() || header.extras.inner().contains_key("crit") {
+            return Err(VerifyError::Header("crit"));
+        }
+        let kid = header.kid.as_deref().ok_or(VerifyError::Header("kid"))?;
+        if kid.len() > MAX_KID_LEN {
+            return Err(VerifyError::Header("kid"));
+        }
+        let key = keys.get(kid).ok_or(VerifyError::UnknownKey)?;
+
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => VerifyError::Signature,
+                ErrorKind::ExpiredSignature => VerifyError::Expired,
+                ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
+                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                    VerifyError::Malformed
+                }
+                other => VerifyError::Claims(format!("{other:?}")),
+            })?
+            .claims;
+
+        // jsonwebtoken has checked `exp` and `nbf`; repeat them on our typed
+        // claims so the rule does not rest on one library's defaults, and add
+        // the one it does not make (`iat` in the future).
+        let now = unix_now();
+        if claims.exp + self.leeway < now {
+            return Err(VerifyError::Expired);
+        }
+        if claims.nbf - self.leeway > now || claims.iat - self.leeway > now {
+            return Err(VerifyError::NotYetValid);
+        }
+        let user_id = claims
+            .sub
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0 && claims.sub == id.to_string())
+            .ok_or_else(|| VerifyError::Claims("sub".into()))?;
+        if claims.sid.is_empty() || claims.jti.is_empty() {
+            return Err(VerifyError::Claims("sid/jti".into()));
+        }
+        Ok(Identity {
+            user_id,
+            session_id: claims.sid,
+            username: claims.preferred_username,
+            expires_at: claims.exp,
+        })
+    }
+}
+
+/// The current time in whole seconds since the epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
