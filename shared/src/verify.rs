@@ -13,6 +13,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
@@ -176,7 +177,15 @@ impl Verifier {
             if jwk.kid.is_empty() || jwk.kid.len() > MAX_KID_LEN {
                 return Err(bad("bad kid"));
             }
-            let key = DecodingKey::from_ed_components(&jwk.x).map_err(|_| bad("bad x"))?;
+            // jsonwebtoken slices the first 32 bytes without checking the
+            // length, so a short key must never reach it.
+            let x = URL_SAFE_NO_PAD
+                .decode(&jwk.x)
+                .map_err(|_| bad("x is not base64url"))?;
+            if x.len() != 32 {
+                return Err(bad("x is not a 32-byte key"));
+            }
+            let key = DecodingKey::from_ed_der(&x);
             keys.insert(jwk.kid.clone(), key);
         }
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);

@@ -1,0 +1,304 @@
+//! `spawn_app()`: a fresh database and an auth-service on 127.0.0.1:0, with
+//! typed clients and helpers for the steps most tests share.
+
+use std::{
+    sync::{Arc, Once},
+    time::Duration,
+};
+
+use auth_service::{
+    AppState, Application, Config,
+    config::AuthConfig,
+    store::{self, Store},
+};
+use shared::{
+    config::{CommonConfig, LogFormat},
+    proto::auth::{
+        CreateUserRequest, LoginRequest, TokenResponse, User,
+        auth_service_client::AuthServiceClient, user_event_service_client::UserEventServiceClient,
+        user_service_client::UserServiceClient,
+    },
+};
+use sqlx::Connection;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Code, Request, Status, transport::Channel};
+
+/// The internal token every test app uses.
+pub const INTERNAL_TOKEN: &str = "test-internal-token";
+
+/// A database of its own for one test: a temporary SQLite file, or a new
+/// PostgreSQL database when `TEST_DATABASE_URL` is set.
+#[derive(Clone)]
+pub struct TestDatabase {
+    /// Connection URL.
+    pub url: String,
+    /// Keeps the SQLite file's directory alive.
+    _dir: Option<Arc<tempfile::TempDir>>,
+}
+
+impl TestDatabase {
+    /// A fresh, empty database.
+    pub async fn new() -> Self {
+        match std::env::var("TEST_DATABASE_URL") {
+            Ok(base) if !base.is_empty() => Self::postgres(&base).await,
+            _ => Self::sqlite(),
+        }
+    }
+
+    /// A fresh SQLite database in a temporary directory.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("auth.db").display());
+        Self {
+            url,
+            _dir: Some(Arc::new(dir)),
+        }
+    }
+
+    /// A fresh PostgreSQL database next to the one `base` names.
+    pub async fn postgres(base: &str) -> Self {
+        let name = format!("auth_test_{}", hex_id());
+        let mut admin = sqlx::PgConnection::connect(base)
+            .await
+            .expect("TEST_DATABASE_URL is set but PostgreSQL cannot be reached");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("creating a test database");
+        let (prefix, _) = base
+            .rsplit_once('/')
+            .expect("TEST_DATABASE_URL names a database");
+        Self {
+            url: format!("{prefix}/{name}"),
+            _dir: None,
+        }
+    }
+
+    /// A store over this database, as the service opens it.
+    pub async fn store(&self) -> Arc<dyn Store> {
+        store::connect(&self.url, Duration::from_secs(5))
+            .await
+            .expect("opening the store")
+    }
+}
+
+fn hex_id() -> String {
+    shared::secret::random_bytes::<8>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A running auth-service and clients for it.
+pub struct TestApp {
+    /// Its database.
+    pub db: TestDatabase,
+    /// Its handler state, to look behind the API.
+    pub state: Arc<AppState>,
+    /// `UserService` client.
+    pub users: UserServiceClient<Channel>,
+    /// `AuthService` client.
+    pub auth: AuthServiceClient<Channel>,
+    /// `UserEventService` client.
+    pub events: UserEventServiceClient<Channel>,
+    /// Stops the server.
+    stop: Option<oneshot::Sender<()>>,
+    /// The server task.
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts an auth-service on a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_on(TestDatabase::new().await).await
+}
+
+/// Starts an auth-service on `db`.
+pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
+    static TRACING: Once = Once::new();
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            shared::config::init_tracing(LogFormat::Human);
+        }
+    });
+
+    let data_dir = tempfile::tempdir().expect("temporary directory").keep();
+    let config = Config {
+        auth: AuthConfig {
+            auth_listen_addr: "127.0.0.1:0".parse().unwrap(),
+            auth_database_url: db.url.clone(),
+            auth_public_url: "http://127.0.0.1:8081".into(),
+            access_token_ttl_secs: 900,
+            session_ttl_secs: 30 * 24 * 3600,
+            auth_db_acquire_timeout_secs: 5,
+        },
+        common: CommonConfig {
+            token_issuer: "blog-auth".into(),
+            token_audience: "blog".into(),
+            token_leeway_secs: 5,
+            internal_token: Some(INTERNAL_TOKEN.into()),
+            data_dir,
+            reflection: true,
+            request_timeout_secs: 30,
+            log_format: LogFormat::Human,
+        },
+    };
+    let app = Application::build(config)
+        .await
+        .expect("building the auth-service");
+    let addr = app.local_addr();
+    let state = app.state();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async {
+        let _ = stopped.await;
+    }));
+
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connecting to the auth-service");
+    TestApp {
+        db,
+        state,
+        users: UserServiceClient::new(channel.clone()),
+        auth: AuthServiceClient::new(channel.clone()),
+        events: UserEventServiceClient::new(channel),
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+/// A user with unique credentials.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    /// Unique username.
+    pub username: String,
+    /// Unique email.
+    pub email: String,
+    /// A valid password.
+    pub password: String,
+}
+
+impl TestUser {
+    /// Fresh, unique credentials.
+    pub fn generate() -> Self {
+        let id = hex_id();
+        Self {
+            username: format!("user_{id}"),
+            email: format!("user_{id}@example.com"),
+            password: format!("pw-{id}-long-enough"),
+        }
+    }
+}
+
+impl TestApp {
+    /// Stops the server gracefully and returns its database for a restart.
+    pub async fn stop(mut self) -> TestDatabase {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server ran cleanly");
+        }
+        self.db.clone()
+    }
+
+    /// Registers `user`.
+    pub async fn create_user(&self, user: &TestUser) -> Result<User, Status> {
+        self.users
+            .clone()
+            .create_user(CreateUserRequest {
+                username: user.username.clone(),
+                email: user.email.clone(),
+                password: user.password.clone(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Logs in with a username or email and a password.
+    pub async fn login(
+        &self,
+        username_or_email: &str,
+        password: &str,
+    ) -> Result<TokenResponse, Status> {
+        self.auth
+            .clone()
+            .login(LoginRequest {
+                username_or_email: username_or_email.into(),
+                password: password.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Registers a fresh user and logs them in.
+    pub async fn signed_up(&self) -> (TestUser, User, TokenResponse) {
+        let user = TestUser::generate();
+        let created = self.create_user(&user).await.expect("registration");
+        let tokens = self
+            .login(&user.username, &user.password)
+            .await
+            .expect("login");
+        (user, created, tokens)
+    }
+
+    /// How many users the database holds.
+    pub async fn count_users(&self) -> i64 {
+        if self.db.url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&self.db.url).await.unwrap();
+            sqlx::query_scalar("SELECT COUNT(*) FROM users")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&self.db.url).await.unwrap();
+            sqlx::query_scalar("SELECT COUNT(*) FROM users")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn bearer<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Asserts a call failed with `code` and exactly `message`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    message: &str,
+) -> Status {
+    let status = result.expect_err("the call must fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(status.message(), message, "{status:?}");
+    status
+}
+
+/// The field names of a status's `BadRequest` violations.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}

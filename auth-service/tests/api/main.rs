@@ -1,0 +1,8 @@
+//! The auth-service over real gRPC: one test binary, a module per behaviour
+//! family. Runs on SQLite, or on PostgreSQL when `TEST_DATABASE_URL` is set.
+
+mod auth;
+mod events;
+mod helpers;
+mod store;
+mod users;
