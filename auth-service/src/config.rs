@@ -22,9 +22,6 @@ pub struct AuthConfig {
     /// Base of absolute `avatar_url`s served by this service.
     #[arg(long, env = "AUTH_PUBLIC_URL", default_value = "http://127.0.0.1:8081")]
     pub auth_public_url: String,
-    /// Lifetime of an access token, in seconds.
-    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
-    pub access_token_ttl_secs: u64,
     /// Absolute lifetime of a session and its refresh tokens, in seconds.
     #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 30 * 24 * 60 * 60)]
     pub session_ttl_secs: u64,
@@ -50,11 +47,6 @@ pub struct Config {
 }
 
 impl AuthConfig {
-    /// Lifetime of an access token.
-    pub fn access_token_ttl(&self) -> Duration {
-        Duration::from_secs(self.access_token_ttl_secs)
-    }
-
     /// Absolute lifetime of a session.
     pub fn session_ttl(&self) -> Duration {
         Duration::from_secs(self.session_ttl_secs)

@@ -113,7 +113,7 @@ impl Application {
             keys,
             config.common.token_issuer.clone(),
             config.common.token_audience.clone(),
-            config.auth.access_token_ttl(),
+            config.common.access_token_ttl(),
         ));
         let internal_token = shared::secret::internal_token(
             config.common.internal_token.as_deref(),

@@ -24,6 +24,10 @@ pub struct CommonConfig {
     /// Tolerated clock skew when checking token times, in seconds (at most 30).
     #[arg(long, env = "TOKEN_LEEWAY_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=30))]
     pub token_leeway_secs: u64,
+    /// Lifetime of an access token, in seconds. The auth-service issues
+    /// tokens this long; the posts-service keeps revocations this long.
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
+    pub access_token_ttl_secs: u64,
     /// Shared secret guarding the internal event stream. When unset, one is
     /// generated once under the data directory, which suits a local stack only.
     #[arg(long, env = "INTERNAL_TOKEN", hide_env_values = true)]
@@ -46,6 +50,11 @@ impl CommonConfig {
     /// Tolerated clock skew.
     pub fn token_leeway(&self) -> Duration {
         Duration::from_secs(self.token_leeway_secs)
+    }
+
+    /// Lifetime of an access token.
+    pub fn access_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.access_token_ttl_secs)
     }
 
     /// Longest time one call may take.

@@ -1,10 +1,7 @@
 //! `spawn_app()`: a fresh database and an auth-service on 127.0.0.1:0, with
 //! typed clients and helpers for the steps most tests share.
 
-use std::{
-    sync::{Arc, Once},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use auth_service::{
     AppState, Application, Config,
@@ -19,74 +16,18 @@ use shared::{
         user_service_client::UserServiceClient,
     },
 };
-use sqlx::Connection;
+use testkit::TestDatabase;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, Request, Status, transport::Channel};
 
 /// The internal token every test app uses.
 pub const INTERNAL_TOKEN: &str = "test-internal-token";
 
-/// A database of its own for one test: a temporary SQLite file, or a new
-/// PostgreSQL database when `TEST_DATABASE_URL` is set.
-#[derive(Clone)]
-pub struct TestDatabase {
-    /// Connection URL.
-    pub url: String,
-    /// Keeps the SQLite file's directory alive.
-    _dir: Option<Arc<tempfile::TempDir>>,
-}
-
-impl TestDatabase {
-    /// A fresh, empty database.
-    pub async fn new() -> Self {
-        match std::env::var("TEST_DATABASE_URL") {
-            Ok(base) if !base.is_empty() => Self::postgres(&base).await,
-            _ => Self::sqlite(),
-        }
-    }
-
-    /// A fresh SQLite database in a temporary directory.
-    pub fn sqlite() -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let url = format!("sqlite://{}", dir.path().join("auth.db").display());
-        Self {
-            url,
-            _dir: Some(Arc::new(dir)),
-        }
-    }
-
-    /// A fresh PostgreSQL database next to the one `base` names.
-    pub async fn postgres(base: &str) -> Self {
-        let name = format!("auth_test_{}", hex_id());
-        let mut admin = sqlx::PgConnection::connect(base)
-            .await
-            .expect("TEST_DATABASE_URL is set but PostgreSQL cannot be reached");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("creating a test database");
-        let (prefix, _) = base
-            .rsplit_once('/')
-            .expect("TEST_DATABASE_URL names a database");
-        Self {
-            url: format!("{prefix}/{name}"),
-            _dir: None,
-        }
-    }
-
-    /// A store over this database, as the service opens it.
-    pub async fn store(&self) -> Arc<dyn Store> {
-        store::connect(&self.url, Duration::from_secs(5))
-            .await
-            .expect("opening the store")
-    }
-}
-
-fn hex_id() -> String {
-    shared::secret::random_bytes::<8>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// A store over `db`, as the service opens it.
+pub async fn open_store(db: &TestDatabase) -> Arc<dyn Store> {
+    store::connect(&db.url, Duration::from_secs(5))
+        .await
+        .expect("opening the store")
 }
 
 /// A running auth-service and clients for it.
@@ -109,17 +50,12 @@ pub struct TestApp {
 
 /// Starts an auth-service on a fresh database.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_on(TestDatabase::new().await).await
+    spawn_app_on(TestDatabase::new("auth").await).await
 }
 
 /// Starts an auth-service on `db`.
 pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
-    static TRACING: Once = Once::new();
-    TRACING.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
-            shared::config::init_tracing(LogFormat::Human);
-        }
-    });
+    testkit::init_logs();
 
     let data_dir = tempfile::tempdir().expect("temporary directory").keep();
     let config = Config {
@@ -127,7 +63,6 @@ pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
             auth_listen_addr: "127.0.0.1:0".parse().unwrap(),
             auth_database_url: db.url.clone(),
             auth_public_url: "http://127.0.0.1:8081".into(),
-            access_token_ttl_secs: 900,
             session_ttl_secs: 30 * 24 * 3600,
             auth_db_acquire_timeout_secs: 5,
         },
@@ -135,6 +70,7 @@ pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
             token_issuer: "blog-auth".into(),
             token_audience: "blog".into(),
             token_leeway_secs: 5,
+            access_token_ttl_secs: 900,
             internal_token: Some(INTERNAL_TOKEN.into()),
             data_dir,
             reflection: true,
@@ -182,7 +118,7 @@ pub struct TestUser {
 impl TestUser {
     /// Fresh, unique credentials.
     pub fn generate() -> Self {
-        let id = hex_id();
+        let id = testkit::unique_id();
         Self {
             username: format!("user_{id}"),
             email: format!("user_{id}@example.com"),
@@ -248,19 +184,7 @@ impl TestApp {
 
     /// How many users the database holds.
     pub async fn count_users(&self) -> i64 {
-        if self.db.url.starts_with("sqlite:") {
-            let mut conn = sqlx::SqliteConnection::connect(&self.db.url).await.unwrap();
-            sqlx::query_scalar("SELECT COUNT(*) FROM users")
-                .fetch_one(&mut conn)
-                .await
-                .unwrap()
-        } else {
-            let mut conn = sqlx::PgConnection::connect(&self.db.url).await.unwrap();
-            sqlx::query_scalar("SELECT COUNT(*) FROM users")
-                .fetch_one(&mut conn)
-                .await
-                .unwrap()
-        }
+        self.db.count("SELECT COUNT(*) FROM users").await
     }
 }
 

@@ -11,7 +11,9 @@ use auth_service::{
     store::{NewSession, NewUser, Rotation, Sessions, Store, now_micros},
 };
 
-use crate::helpers::TestDatabase;
+use testkit::TestDatabase;
+
+use crate::helpers::open_store;
 
 /// Runs each named case against every configured backend.
 macro_rules! conformance {
@@ -20,7 +22,8 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    super::$case(super::TestDatabase::sqlite().store().await).await;
+                    let db = super::TestDatabase::sqlite("auth");
+                    super::$case(super::open_store(&db).await).await;
                 }
             )*
         }
@@ -28,11 +31,12 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    match std::env::var("TEST_DATABASE_URL") {
-                        Ok(url) if !url.is_empty() => {
-                            super::$case(super::TestDatabase::postgres(&url).await.store().await).await
+                    match testkit::postgres_base() {
+                        Some(base) => {
+                            let db = super::TestDatabase::postgres(&base, "auth").await;
+                            super::$case(super::open_store(&db).await).await
                         }
-                        _ => eprintln!("TEST_DATABASE_URL not set: PostgreSQL case skipped"),
+                        None => eprintln!("TEST_DATABASE_URL not set: PostgreSQL case skipped"),
                     }
                 }
             )*
