@@ -1,6 +1,7 @@
 //! The whole blog backend in one process, for a local stack: each service's
-//! library runs on its own port with SQLite under `./data` (DESIGN §6).
-//! In production each service runs from its own binary instead.
+//! library runs on its own port, with SQLite under `./data` and a generated
+//! internal token they share (DESIGN §6). In production each service runs
+//! from its own binary instead.
 
 use clap::Parser;
 use tokio::sync::watch;
@@ -16,6 +17,9 @@ struct StackConfig {
     /// auth-service settings.
     #[command(flatten)]
     auth: auth_service::config::AuthConfig,
+    /// posts-service settings.
+    #[command(flatten)]
+    posts: posts_service::config::PostsConfig,
     /// Settings both services share.
     #[command(flatten)]
     common: shared::config::CommonConfig,
@@ -31,8 +35,13 @@ async fn main() -> anyhow::Result<()> {
         common: config.common.clone(),
     })
     .await?;
+    let posts = posts_service::Application::build(posts_service::Config {
+        posts: config.posts,
+        common: config.common,
+    })
+    .await?;
 
-    // One signal stops every service.
+    // One signal stops every service; each lets its in-flight calls finish.
     let (stop, stopped) = watch::channel(false);
     let until_stopped = move || {
         let mut stopped = stopped.clone();
@@ -41,9 +50,11 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let auth = tokio::spawn(auth.run(until_stopped()));
+    let posts = tokio::spawn(posts.run(until_stopped()));
 
     shared::server::shutdown_signal().await;
     let _ = stop.send(true);
+    posts.await??;
     auth.await??;
     Ok(())
 }

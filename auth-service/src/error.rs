@@ -57,34 +57,11 @@ impl From<FieldErrors> for Error {
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        if is_unavailable(&e) {
+        if shared::db::is_unavailable(&e) {
             Error::Unavailable(e)
         } else {
             Error::Internal(e.into())
         }
-    }
-}
-
-/// Whether `e` means the database is out of reach or too busy, rather than
-/// that the query is wrong: those calls are worth retrying.
-pub fn is_unavailable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // PostgreSQL: connection exceptions (08), shutdown (57P), too many
-            // connections (53300). SQLite: busy (5) and locked (6).
-            code.starts_with("08")
-                || code.starts_with("57P")
-                || code == "53300"
-                || code == "5"
-                || code == "6"
-        }
-        _ => false,
     }
 }
 

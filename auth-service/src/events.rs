@@ -7,7 +7,6 @@
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use prost_types::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -133,16 +132,8 @@ fn to_wire(sequence: i64, time: i64, change: UserChange, public_url: &str) -> pb
     };
     pb::UserEvent {
         sequence,
-        time: Some(timestamp(time)),
+        time: Some(shared::db::timestamp(time)),
         event: Some(event),
-    }
-}
-
-/// A protobuf timestamp from microseconds since the epoch.
-pub fn timestamp(micros: i64) -> Timestamp {
-    Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
     }
 }
 

@@ -7,10 +7,12 @@
 //! - [`status`]: the fixed status messages and field-violation errors.
 //! - [`server`]: transport limits, health, reflection and shutdown.
 //! - [`config`]: settings both services read, and logging setup.
+//! - [`db`]: opening databases, classifying their errors, stored times.
 //! - [`secret`]: random tokens, hashing and constant-time comparison.
 
 pub mod config;
 pub mod current_user;
+pub mod db;
 pub mod proto;
 pub mod secret;
 pub mod server;

@@ -13,5 +13,5 @@ use prost_types::Timestamp;
 
 /// A protobuf timestamp from microseconds since the epoch.
 pub(crate) fn timestamp(micros: i64) -> Option<Timestamp> {
-    Some(crate::events::timestamp(micros))
+    Some(shared::db::timestamp(micros))
 }

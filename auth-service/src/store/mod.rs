@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 pub use postgres::PgStore;
+pub use shared::db::now_micros;
 pub use sqlite::SqliteStore;
 
 use crate::{
@@ -209,13 +210,4 @@ pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Arc<dyn Sto
             "unsupported database URL scheme (use postgres:// or sqlite://)"
         )))
     }
-}
-
-/// The current time in microseconds since the epoch: the unit every stored
-/// time uses, identical on both backends so ordering is exact.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::{PgPool, Postgres, Transaction, postgres::PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
 use crate::error::Result;
@@ -22,11 +22,7 @@ const OUTBOX_LOCK: i64 = 0x626c_6f67_0001;
 impl PgStore {
     /// Connects and applies the migrations.
     pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(acquire_timeout)
-            .connect(url)
-            .await?;
+        let pool = shared::db::open_postgres(url, acquire_timeout).await?;
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
             .await

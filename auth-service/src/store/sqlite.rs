@@ -3,12 +3,9 @@
 //! front, so concurrent writers queue on the busy timeout instead of failing
 //! when a read lock cannot be upgraded; that lock also orders the outbox.
 
-use std::{str::FromStr, time::Duration};
+use std::time::Duration;
 
-use sqlx::{
-    Sqlite, SqlitePool, Transaction,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-};
+use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::watch;
 
 use crate::error::Result;
@@ -24,23 +21,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if missing, with its directory) and migrates.
     pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        if let Some(dir) = options.get_filename().parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-        }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(acquire_timeout)
-            .connect_with(options)
-            .await?;
+        let pool = shared::db::open_sqlite(url, acquire_timeout).await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await

@@ -1,0 +1,63 @@
+//! The posts-service's settings: one struct, read once from flags and the
+//! environment (DESIGN §5) and passed down.
+
+use std::{net::SocketAddr, time::Duration};
+
+use shared::config::CommonConfig;
+
+/// Settings of the posts-service alone.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PostsConfig {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "POSTS_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
+    pub posts_listen_addr: SocketAddr,
+    /// `postgres://…` or `sqlite://…` (an SQLite file is created if missing).
+    #[arg(
+        long,
+        env = "POSTS_DATABASE_URL",
+        default_value = "sqlite://data/posts.db",
+        hide_env_values = true
+    )]
+    pub posts_database_url: String,
+    /// Where the auth-service answers gRPC.
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub auth_service_url: String,
+    /// How often the auth-service's public keys are refetched, in seconds.
+    #[arg(long, env = "JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub jwks_refresh_secs: u64,
+    /// Longest wait for a database connection before answering UNAVAILABLE.
+    #[arg(long, env = "POSTS_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
+    pub posts_db_acquire_timeout_secs: u64,
+}
+
+/// Everything the posts-service reads.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "posts-service",
+    version,
+    about = "Blog posts for the blog backend"
+)]
+pub struct Config {
+    /// The service's own settings.
+    #[command(flatten)]
+    pub posts: PostsConfig,
+    /// Settings shared with the auth-service.
+    #[command(flatten)]
+    pub common: CommonConfig,
+}
+
+impl PostsConfig {
+    /// How often keys are refetched.
+    pub fn jwks_refresh(&self) -> Duration {
+        Duration::from_secs(self.jwks_refresh_secs)
+    }
+
+    /// Longest wait for a database connection.
+    pub fn db_acquire_timeout(&self) -> Duration {
+        Duration::from_secs(self.posts_db_acquire_timeout_secs)
+    }
+}

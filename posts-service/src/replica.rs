@@ -1,0 +1,158 @@
+//! The consumer of the auth-service's `WatchUserEvents` stream: keeps the
+//! `authors` replica, deletes a deleted user's posts, and records
+//! revocations (DESIGN §4). Each event's effect and the cursor commit in one
+//! transaction, so across crashes and restarts every event is applied exactly
+//! once in effect; the in-memory revocations are updated for every event
+//! seen, applied here or by another replica sharing the database.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, transport::Channel};
+
+use shared::proto::auth::{
+    UserEvent, WatchUserEventsRequest, user_event::Event,
+    user_event_service_client::UserEventServiceClient,
+};
+
+use crate::{
+    backoff,
+    revocations::Revocations,
+    store::{ReplicaChange, Store, now_micros},
+};
+
+/// How the stream is doing, for health reports and metrics.
+#[derive(Debug, Default)]
+pub struct ReplicaStatus {
+    /// Whether a stream is open now.
+    pub connected: AtomicBool,
+    /// Sequence of the last event applied or seen.
+    pub last_sequence: AtomicI64,
+    /// Commit time of that event, microseconds since the epoch.
+    pub last_event_time: AtomicI64,
+}
+
+/// Everything the consumer needs.
+pub struct Replica {
+    /// Client of the auth-service's event stream.
+    pub client: UserEventServiceClient<Channel>,
+    /// The shared internal token.
+    pub internal_token: String,
+    /// Where effects and the cursor are written.
+    pub store: Arc<dyn Store>,
+    /// The in-memory revocations the interceptor reads.
+    pub revocations: Arc<Revocations>,
+    /// How long after a revocation its tokens may still be presented
+    /// (token lifetime plus leeway), microseconds.
+    pub window: i64,
+    /// Shared status.
+    pub status: Arc<ReplicaStatus>,
+}
+
+impl Replica {
+    /// Follows the stream until `shutdown`, reconnecting with backoff from
+    /// the stored cursor whenever it breaks.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut delays = backoff::delays(Duration::from_secs(5));
+        loop {
+            let result = self.follow(&shutdown).await;
+            let had_connected = self.status.connected.swap(false, Ordering::Relaxed);
+            let Err(e) = result else {
+                return;
+            };
+            if had_connected {
+                // The stream had worked: back off from the start again.
+                delays = backoff::delays(Duration::from_secs(5));
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
+            tracing::warn!(error = %e, retry_in = ?delay, "user event stream interrupted");
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One stream, from the stored cursor: `Ok` only on shutdown.
+    async fn follow(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let cursor = self.store.event_cursor().await?;
+        let mut request = Request::new(WatchUserEventsRequest {
+            after_sequence: cursor,
+        });
+        request
+            .metadata_mut()
+            .insert("x-internal-token", self.internal_token.parse()?);
+        let mut stream = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            opened = self.client.watch_user_events(request) => opened?.into_inner(),
+        };
+        self.status.connected.store(true, Ordering::Relaxed);
+        tracing::info!(after = cursor, "following user events");
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                next = stream.message() => next?,
+            };
+            let Some(event) = event else {
+                anyhow::bail!("the auth-service ended the stream");
+            };
+            self.apply(event).await?;
+        }
+    }
+
+    async fn apply(&self, event: UserEvent) -> anyhow::Result<()> {
+        let time = event.time.map_or_else(now_micros, |t| {
+            t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000
+        });
+        let Some(change) = event.event.map(|e| self.change(e, time)) else {
+            tracing::warn!(
+                sequence = event.sequence,
+                "event of an unknown kind skipped"
+            );
+            return Ok(());
+        };
+        let applied = self.store.apply_event(event.sequence, &change).await?;
+        match &change {
+            ReplicaChange::SessionsRevoked {
+                session_ids,
+                expire_time,
+                ..
+            } => self.revocations.revoke_sessions(session_ids, *expire_time),
+            ReplicaChange::UserDeleted { id, time } => {
+                self.revocations.user_deleted(*id, time + self.window)
+            }
+            ReplicaChange::Profile { .. } => {}
+        }
+        self.status
+            .last_sequence
+            .store(event.sequence, Ordering::Relaxed);
+        self.status.last_event_time.store(time, Ordering::Relaxed);
+        tracing::debug!(sequence = event.sequence, applied, "user event");
+        Ok(())
+    }
+
+    fn change(&self, event: Event, time: i64) -> ReplicaChange {
+        match event {
+            Event::UserUpserted(profile) => ReplicaChange::Profile {
+                id: profile.id,
+                username: profile.username,
+                avatar_url: profile.avatar_url,
+            },
+            Event::UserDeleted(deleted) => ReplicaChange::UserDeleted {
+                id: deleted.user_id,
+                time,
+            },
+            Event::SessionsRevoked(revoked) => ReplicaChange::SessionsRevoked {
+                user_id: revoked.user_id,
+                session_ids: revoked.session_ids,
+                expire_time: time + self.window,
+            },
+        }
+    }
+}

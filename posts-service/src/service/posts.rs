@@ -1,0 +1,194 @@
+//! `blog.posts.v1.PostService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use shared::{
+    CurrentUser,
+    proto::posts::{
+        Author, CreatePostRequest, DeletePostRequest, GetPostRequest, ListPostsRequest,
+        ListPostsResponse, Post, UpdatePostRequest, post_service_server::PostService,
+    },
+    status::FieldErrors,
+};
+
+use crate::{
+    domain::{self, Content, PageToken, Title},
+    error::Error,
+    store::{Caller, Listing, PostRecord, Store},
+};
+
+/// Handlers of `PostService`.
+pub struct PostsApi {
+    /// Where posts live.
+    store: Arc<dyn Store>,
+}
+
+impl PostsApi {
+    /// Handlers over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+}
+
+fn post(record: PostRecord) -> Post {
+    Post {
+        id: record.id,
+        title: record.title,
+        content: record.content,
+        author: Some(Author {
+            id: record.author_id,
+            username: record.author_username,
+            avatar_url: record.author_avatar_url,
+        }),
+        create_time: Some(shared::db::timestamp(record.create_time)),
+        update_time: Some(shared::db::timestamp(record.update_time)),
+    }
+}
+
+/// Ids are positive; anything else names no post.
+fn post_id(id: i64) -> Result<i64, Error> {
+    if id > 0 {
+        Ok(id)
+    } else {
+        Err(Error::PostNotFound)
+    }
+}
+
+#[tonic::async_trait]
+impl PostService for PostsApi {
+    #[tracing::instrument(skip_all)]
+    async fn create_post(
+        &self,
+        request: Request<CreatePostRequest>,
+    ) -> Result<Response<Post>, Status> {
+        let me = CurrentUser::require(&request)?;
+        let request = request.into_inner();
+        let mut errors = FieldErrors::default();
+        let title = errors.check("title", Title::parse(request.title));
+        let content = errors.check("content", Content::parse(request.content));
+        errors.finish().map_err(Error::from)?;
+        let (Some(title), Some(content)) = (title, content) else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
+        let caller = Caller {
+            id: me.id,
+            username: &me.username,
+        };
+        let created = self.store.create_post(caller, &title, &content).await?;
+        tracing::info!(post_id = created.id, author_id = me.id, "post created");
+        Ok(Response::new(post(created)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_post(&self, request: Request<GetPostRequest>) -> Result<Response<Post>, Status> {
+        let id = post_id(request.into_inner().id)?;
+        let found = self.store.post(id).await?.ok_or(Error::PostNotFound)?;
+        Ok(Response::new(post(found)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_posts(
+        &self,
+        request: Request<ListPostsRequest>,
+    ) -> Result<Response<ListPostsResponse>, Status> {
+        let request = request.into_inner();
+        let mut errors = FieldErrors::default();
+        let page_size = errors.check("page_size", domain::page_size(request.page_size));
+        if request.author_id < 0 {
+            errors.add("author_id", "must not be negative");
+        }
+        let token = if request.page_token.is_empty() {
+            None
+        } else {
+            errors.check(
+                "page_token",
+                PageToken::decode(&request.page_token, request.author_id),
+            )
+        };
+        errors.finish().map_err(Error::from)?;
+        let Some(page_size) = page_size else {
+            unreachable!("finish() returned Ok, so page_size parsed");
+        };
+
+        let author_id = request.author_id;
+        if author_id != 0 && !self.store.author_exists(author_id).await? {
+            return Err(Error::UserNotFound.into());
+        }
+        // One extra row tells whether another page follows.
+        let mut rows = self
+            .store
+            .list_posts(Listing {
+                author_id,
+                after: token.map(|t| (t.create_time, t.id)),
+                limit: page_size + 1,
+            })
+            .await?;
+        let next_page_token = if rows.len() as i64 > page_size {
+            rows.truncate(page_size as usize);
+            rows.last()
+                .map(|last| {
+                    PageToken {
+                        create_time: last.create_time,
+                        id: last.id,
+                        author_id,
+                    }
+                    .encode()
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let total_size = self.store.count_posts(author_id).await?;
+        Ok(Response::new(ListPostsResponse {
+            posts: rows.into_iter().map(post).collect(),
+            next_page_token,
+            total_size,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_post(
+        &self,
+        request: Request<UpdatePostRequest>,
+    ) -> Result<Response<Post>, Status> {
+        let me = CurrentUser::require(&request)?;
+        let request = request.into_inner();
+        let id = post_id(request.id)?;
+        let mut errors = FieldErrors::default();
+        let title = request
+            .title
+            .and_then(|raw| errors.check("title", Title::parse(raw)));
+        let content = request
+            .content
+            .and_then(|raw| errors.check("content", Content::parse(raw)));
+        errors.finish().map_err(Error::from)?;
+
+        let updated = if title.is_none() && content.is_none() {
+            // Nothing to change: still answer as an update would.
+            let found = self.store.post(id).await?.ok_or(Error::PostNotFound)?;
+            if found.author_id != me.id {
+                return Err(Error::NotAuthor("update").into());
+            }
+            found
+        } else {
+            self.store
+                .update_post(id, me.id, title.as_ref(), content.as_ref())
+                .await?
+        };
+        Ok(Response::new(post(updated)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_post(
+        &self,
+        request: Request<DeletePostRequest>,
+    ) -> Result<Response<()>, Status> {
+        let me = CurrentUser::require(&request)?;
+        let id = post_id(request.into_inner().id)?;
+        self.store.delete_post(id, me.id).await?;
+        tracing::info!(post_id = id, "post deleted");
+        Ok(Response::new(()))
+    }
+}

@@ -1,0 +1,171 @@
+//! Persistence for the posts-service: one [`Store`] trait, implemented for
+//! PostgreSQL and SQLite with the same SQL ([`sql`]). All SQL of the service
+//! lives under this module.
+//!
+//! Besides posts it keeps what the auth-service's events teach it: author
+//! profiles, revoked sessions, deleted users, and the cursor of the last
+//! applied event, written in the same transaction as the event's effect.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+
+pub use postgres::PgStore;
+pub use shared::db::now_micros;
+pub use sqlite::SqliteStore;
+
+use crate::{
+    domain::{Content, Title},
+    error::{Error, Result},
+};
+
+/// A post with its author's public profile.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PostRecord {
+    /// Post id.
+    pub id: i64,
+    /// Title, as given.
+    pub title: String,
+    /// Body, as given.
+    pub content: String,
+    /// Creation time, microseconds since the epoch.
+    pub create_time: i64,
+    /// Last change, microseconds since the epoch.
+    pub update_time: i64,
+    /// The author's user id.
+    pub author_id: i64,
+    /// The author's current username.
+    pub author_username: String,
+    /// The author's current avatar URL, or empty.
+    pub author_avatar_url: String,
+}
+
+/// The caller as their token names them, used to create their author row
+/// when their profile event has not arrived yet.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// User id.
+    pub id: i64,
+    /// `preferred_username` of the token.
+    pub username: &'a str,
+}
+
+/// Which posts a listing covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listing {
+    /// Only this author's posts; 0 for everyone's.
+    pub author_id: i64,
+    /// Start after this `(create_time, id)`; `None` for the first page.
+    pub after: Option<(i64, i64)>,
+    /// At most this many posts.
+    pub limit: i64,
+}
+
+/// A change from the auth-service, as the replica applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaChange {
+    /// A user's public profile, new or changed.
+    Profile {
+        /// User id.
+        id: i64,
+        /// Username.
+        username: String,
+        /// Avatar URL or empty.
+        avatar_url: String,
+    },
+    /// A user was deleted: their posts go, their tokens stop working.
+    UserDeleted {
+        /// User id.
+        id: i64,
+        /// When, microseconds since the epoch.
+        time: i64,
+    },
+    /// Sessions ended: refuse their tokens until `expire_time`.
+    SessionsRevoked {
+        /// Whose sessions.
+        user_id: i64,
+        /// Which.
+        session_ids: Vec<String>,
+        /// When every token of theirs has expired, microseconds.
+        expire_time: i64,
+    },
+}
+
+/// Revocations still in force, to load into memory at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevocationSnapshot {
+    /// `(session_id, expire_time)`.
+    pub sessions: Vec<(String, i64)>,
+    /// `(user_id, delete_time)`.
+    pub deleted_users: Vec<(i64, i64)>,
+}
+
+/// Everything the posts-service keeps.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Fails when the database cannot be reached.
+    async fn ping(&self) -> Result<()>;
+
+    /// Creates a post by `caller`, creating their author row from the token
+    /// if absent. [`Error::InvalidToken`] if the caller has been deleted.
+    async fn create_post(
+        &self,
+        caller: Caller<'_>,
+        title: &Title,
+        content: &Content,
+    ) -> Result<PostRecord>;
+    /// The post with this id.
+    async fn post(&self, id: i64) -> Result<Option<PostRecord>>;
+    /// A page of posts, newest first.
+    async fn list_posts(&self, listing: Listing) -> Result<Vec<PostRecord>>;
+    /// How many posts `author_id` (0 = everyone) has.
+    async fn count_posts(&self, author_id: i64) -> Result<i64>;
+    /// Whether an author is known.
+    async fn author_exists(&self, id: i64) -> Result<bool>;
+    /// Changes what is `Some`, if `author_id` wrote the post: the check and
+    /// the write are one statement. [`Error::PostNotFound`] first, then
+    /// [`Error::NotAuthor`].
+    async fn update_post(
+        &self,
+        id: i64,
+        author_id: i64,
+        title: Option<&Title>,
+        content: Option<&Content>,
+    ) -> Result<PostRecord>;
+    /// Deletes the post if `author_id` wrote it, in one statement.
+    async fn delete_post(&self, id: i64, author_id: i64) -> Result<()>;
+
+    /// The sequence of the last applied event.
+    async fn event_cursor(&self) -> Result<i64>;
+    /// Applies event `sequence` and advances the cursor in one transaction;
+    /// `false` (and no change) if it was applied before.
+    async fn apply_event(&self, sequence: i64, change: &ReplicaChange) -> Result<bool>;
+    /// Revocations in force at `now`: revoked sessions not yet expired, and
+    /// users deleted less than `window` ago (older ones hold no live token).
+    async fn revocations(&self, now: i64, window: i64) -> Result<RevocationSnapshot>;
+    /// Forgets revoked sessions whose tokens have all expired by `now`.
+    async fn prune_revocations(&self, now: i64) -> Result<u64>;
+
+    /// The JWK set last fetched from the auth-service, as JSON.
+    async fn cached_jwks(&self) -> Result<Option<String>>;
+    /// Keeps `jwks` (JSON) as the last fetched set.
+    async fn save_jwks(&self, jwks: &str) -> Result<()>;
+}
+
+/// Connects to `url` (`postgres://…` or `sqlite://…`) and brings the schema
+/// up to date.
+pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url, acquire_timeout).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url, acquire_timeout).await?))
+    } else {
+        Err(Error::Internal(anyhow::anyhow!(
+            "unsupported database URL scheme (use postgres:// or sqlite://)"
+        )))
+    }
+}
