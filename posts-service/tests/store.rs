@@ -1,0 +1,301 @@
+//! The store conformance suite: both backends must behave the same. Each case
+//! runs on SQLite, and on PostgreSQL when `TEST_DATABASE_URL` is set.
+
+use std::{sync::Arc, time::Duration};
+
+use posts_service::{
+    domain::{Content, Title},
+    error::Error,
+    store::{self, Caller, Listing, ReplicaChange, RevocationSnapshot, Store},
+};
+use testkit::TestDatabase;
+
+async fn open(db: &TestDatabase) -> Arc<dyn Store> {
+    store::connect(&db.url, Duration::from_secs(5))
+        .await
+        .expect("opening the store")
+}
+
+/// Runs each named case against every configured backend.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = super::TestDatabase::sqlite("posts");
+                    super::$case(super::open(&db).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    match testkit::postgres_base() {
+                        Some(base) => {
+                            let db = super::TestDatabase::postgres(&base, "posts").await;
+                            super::$case(super::open(&db).await).await
+                        }
+                        None => eprintln!("TEST_DATABASE_URL not set: PostgreSQL case skipped"),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    posts_round_trip_with_their_author,
+    a_profile_event_is_authoritative_over_the_token_name,
+    listing_is_newest_first_and_resumes_after_a_key,
+    only_the_author_updates_or_deletes,
+    events_apply_once_and_advance_the_cursor,
+    a_deleted_user_loses_posts_and_is_never_recreated,
+    revocations_are_kept_until_they_expire,
+    key_cache_round_trips,
+);
+
+fn title(s: &str) -> Title {
+    Title::parse(s.into()).unwrap()
+}
+
+fn content(s: &str) -> Content {
+    Content::parse(s.into()).unwrap()
+}
+
+async fn post_by(store: &dyn Store, id: i64, name: &str, t: &str) -> i64 {
+    store
+        .create_post(Caller { id, username: name }, &title(t), &content("body"))
+        .await
+        .unwrap()
+        .id
+}
+
+async fn posts_round_trip_with_their_author(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+    let id = post_by(store.as_ref(), 7, "alice", "Hello").await;
+    let post = store.post(id).await.unwrap().unwrap();
+    assert_eq!(
+        (post.title.as_str(), post.content.as_str()),
+        ("Hello", "body")
+    );
+    assert_eq!(
+        (
+            post.author_id,
+            post.author_username.as_str(),
+            post.author_avatar_url.as_str()
+        ),
+        (7, "alice", "")
+    );
+    assert_eq!(post.create_time, post.update_time);
+    assert!(store.author_exists(7).await.unwrap());
+    assert!(!store.author_exists(8).await.unwrap());
+    assert_eq!(store.post(id + 1).await.unwrap(), None);
+}
+
+async fn a_profile_event_is_authoritative_over_the_token_name(store: Arc<dyn Store>) {
+    let change = ReplicaChange::Profile {
+        id: 7,
+        username: "Alice".into(),
+        avatar_url: "http://a/x.jpg".into(),
+    };
+    assert!(store.apply_event(1, &change).await.unwrap());
+    // A token with an old name does not overwrite the replica.
+    let id = post_by(store.as_ref(), 7, "old-name", "Hi").await;
+    let post = store.post(id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            post.author_username.as_str(),
+            post.author_avatar_url.as_str()
+        ),
+        ("Alice", "http://a/x.jpg")
+    );
+    let renamed = ReplicaChange::Profile {
+        id: 7,
+        username: "Alicia".into(),
+        avatar_url: String::new(),
+    };
+    store.apply_event(2, &renamed).await.unwrap();
+    assert_eq!(
+        store.post(id).await.unwrap().unwrap().author_username,
+        "Alicia"
+    );
+}
+
+async fn listing_is_newest_first_and_resumes_after_a_key(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            post_by(
+                store.as_ref(),
+                if i % 2 == 0 { 1 } else { 2 },
+                "u",
+                &format!("P{i}"),
+            )
+            .await,
+        );
+    }
+    let all = store
+        .list_posts(Listing {
+            author_id: 0,
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let listed: Vec<i64> = all.iter().map(|p| p.id).collect();
+    assert_eq!(listed, ids.iter().rev().copied().collect::<Vec<_>>());
+    let after = Some((all[1].create_time, all[1].id));
+    let rest = store
+        .list_posts(Listing {
+            author_id: 0,
+            after,
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(rest.iter().map(|p| p.id).collect::<Vec<_>>(), listed[2..4]);
+    let mine = store
+        .list_posts(Listing {
+            author_id: 1,
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 3);
+    assert!(mine.iter().all(|p| p.author_id == 1));
+    assert_eq!(store.count_posts(0).await.unwrap(), 5);
+    assert_eq!(store.count_posts(2).await.unwrap(), 2);
+    assert_eq!(store.count_posts(3).await.unwrap(), 0);
+}
+
+async fn only_the_author_updates_or_deletes(store: Arc<dyn Store>) {
+    let id = post_by(store.as_ref(), 1, "alice", "Mine").await;
+    let before = store.post(id).await.unwrap().unwrap();
+    let denied = store.update_post(id, 2, Some(&title("Hacked")), None).await;
+    assert!(
+        matches!(denied, Err(Error::NotAuthor("update"))),
+        "{denied:?}"
+    );
+    let missing = store
+        .update_post(id + 100, 2, Some(&title("x")), None)
+        .await;
+    assert!(matches!(missing, Err(Error::PostNotFound)), "{missing:?}");
+    assert_eq!(store.post(id).await.unwrap().unwrap(), before);
+
+    let updated = store
+        .update_post(id, 1, None, Some(&content("new body")))
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated.title.as_str(), updated.content.as_str()),
+        ("Mine", "new body")
+    );
+    assert!(updated.update_time >= before.update_time);
+
+    assert!(matches!(
+        store.delete_post(id, 2).await,
+        Err(Error::NotAuthor("delete"))
+    ));
+    assert!(store.post(id).await.unwrap().is_some());
+    store.delete_post(id, 1).await.unwrap();
+    assert!(matches!(
+        store.delete_post(id, 1).await,
+        Err(Error::PostNotFound)
+    ));
+}
+
+async fn events_apply_once_and_advance_the_cursor(store: Arc<dyn Store>) {
+    assert_eq!(store.event_cursor().await.unwrap(), 0);
+    let change = ReplicaChange::Profile {
+        id: 3,
+        username: "carol".into(),
+        avatar_url: String::new(),
+    };
+    assert!(store.apply_event(5, &change).await.unwrap());
+    assert_eq!(store.event_cursor().await.unwrap(), 5);
+    let stale = ReplicaChange::Profile {
+        id: 3,
+        username: "stale".into(),
+        avatar_url: String::new(),
+    };
+    assert!(!store.apply_event(5, &stale).await.unwrap());
+    assert!(!store.apply_event(4, &stale).await.unwrap());
+    let id = post_by(store.as_ref(), 3, "x", "t").await;
+    assert_eq!(
+        store.post(id).await.unwrap().unwrap().author_username,
+        "carol"
+    );
+    assert_eq!(store.event_cursor().await.unwrap(), 5);
+}
+
+async fn a_deleted_user_loses_posts_and_is_never_recreated(store: Arc<dyn Store>) {
+    post_by(store.as_ref(), 1, "alice", "A").await;
+    let kept = post_by(store.as_ref(), 2, "bob", "B").await;
+    store
+        .apply_event(1, &ReplicaChange::UserDeleted { id: 1, time: 1_000 })
+        .await
+        .unwrap();
+    assert_eq!(store.count_posts(1).await.unwrap(), 0);
+    assert!(!store.author_exists(1).await.unwrap());
+    assert!(store.post(kept).await.unwrap().is_some());
+    // A late token of the deleted user cannot bring them back.
+    let late = store
+        .create_post(
+            Caller {
+                id: 1,
+                username: "alice",
+            },
+            &title("ghost"),
+            &content("x"),
+        )
+        .await;
+    assert!(matches!(late, Err(Error::InvalidToken)), "{late:?}");
+    let late_profile = ReplicaChange::Profile {
+        id: 1,
+        username: "alice".into(),
+        avatar_url: String::new(),
+    };
+    store.apply_event(2, &late_profile).await.unwrap();
+    assert!(!store.author_exists(1).await.unwrap());
+}
+
+async fn revocations_are_kept_until_they_expire(store: Arc<dyn Store>) {
+    let revoke = ReplicaChange::SessionsRevoked {
+        user_id: 1,
+        session_ids: vec!["s1".into(), "s2".into()],
+        expire_time: 1_000,
+    };
+    store.apply_event(1, &revoke).await.unwrap();
+    store
+        .apply_event(2, &ReplicaChange::UserDeleted { id: 9, time: 500 })
+        .await
+        .unwrap();
+    let snapshot = store.revocations(999, 600).await.unwrap();
+    let mut sessions = snapshot.sessions.clone();
+    sessions.sort();
+    assert_eq!(
+        sessions,
+        [("s1".to_string(), 1_000), ("s2".to_string(), 1_000)]
+    );
+    assert_eq!(snapshot.deleted_users, [(9, 500)]);
+    // Past the window the deleted user no longer needs refusing.
+    assert_eq!(
+        store.revocations(1_200, 600).await.unwrap(),
+        RevocationSnapshot::default()
+    );
+    assert_eq!(store.prune_revocations(1_000).await.unwrap(), 2);
+    assert!(store.revocations(0, 0).await.unwrap().sessions.is_empty());
+}
+
+async fn key_cache_round_trips(store: Arc<dyn Store>) {
+    assert_eq!(store.cached_jwks().await.unwrap(), None);
+    store.save_jwks(r#"{"keys":[]}"#).await.unwrap();
+    store.save_jwks(r#"{"keys":[1]}"#).await.unwrap();
+    assert_eq!(
+        store.cached_jwks().await.unwrap().as_deref(),
+        Some(r#"{"keys":[1]}"#)
+    );
+}

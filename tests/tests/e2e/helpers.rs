@@ -1,0 +1,353 @@
+//! `spawn_stack()`: an auth-service and a posts-service on 127.0.0.1:0, wired
+//! together as in production, with typed clients and the steps tests share.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use shared::{
+    config::{CommonConfig, LogFormat},
+    proto::{
+        auth::{
+            CreateUserRequest, LoginRequest, TokenResponse, User,
+            auth_service_client::AuthServiceClient, user_service_client::UserServiceClient,
+        },
+        posts::{CreatePostRequest, Post, post_service_client::PostServiceClient},
+    },
+};
+use testkit::TestDatabase;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Request, Status, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// How soon a change in one service must show in the other (DESIGN §4).
+pub const PROPAGATION: Duration = Duration::from_secs(1);
+
+/// A service running in this process.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Stops it.
+    stop: Option<oneshot::Sender<()>>,
+    /// Its task.
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    fn spawn<F>(addr: SocketAddr, run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel();
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(tokio::spawn(run(stopped))),
+        }
+    }
+
+    /// Stops it gracefully and waits until it has.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("service task")
+                .expect("service ran cleanly");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Both services and clients for them.
+pub struct Stack {
+    /// The auth-service.
+    pub auth_service: Running,
+    /// The posts-service.
+    pub posts_service: Running,
+    /// `UserService` client.
+    pub users: UserServiceClient<Channel>,
+    /// `AuthService` client.
+    pub auth: AuthServiceClient<Channel>,
+    /// `PostService` client.
+    pub posts: PostServiceClient<Channel>,
+    /// The posts-service's database, kept for restarts.
+    posts_db: TestDatabase,
+    /// The auth-service's database.
+    _auth_db: TestDatabase,
+    /// Settings both services were started with.
+    common: CommonConfig,
+}
+
+fn common_config() -> CommonConfig {
+    CommonConfig {
+        token_issuer: "blog-auth".into(),
+        token_audience: "blog".into(),
+        token_leeway_secs: 5,
+        access_token_ttl_secs: 900,
+        internal_token: Some(format!("internal-{}", testkit::unique_id())),
+        data_dir: std::env::temp_dir().join(format!("blog-e2e-{}", testkit::unique_id())),
+        reflection: true,
+        request_timeout_secs: 30,
+        log_format: LogFormat::Human,
+    }
+}
+
+/// Starts both services on fresh databases and waits until the posts-service
+/// is serving (it has the auth-service's keys).
+pub async fn spawn_stack() -> Stack {
+    testkit::init_logs();
+    let common = common_config();
+    let auth_db = TestDatabase::new("auth").await;
+    let posts_db = TestDatabase::new("posts").await;
+
+    let auth = auth_service::Application::build(auth_service::Config {
+        auth: auth_service::config::AuthConfig {
+            auth_listen_addr: "127.0.0.1:0".parse().unwrap(),
+            auth_database_url: auth_db.url.clone(),
+            auth_public_url: "http://127.0.0.1:8081".into(),
+            session_ttl_secs: 30 * 24 * 3600,
+            auth_db_acquire_timeout_secs: 5,
+        },
+        common: common.clone(),
+    })
+    .await
+    .expect("building the auth-service");
+    let auth_service = Running::spawn(auth.local_addr(), |stopped| {
+        auth.run(async {
+            let _ = stopped.await;
+        })
+    });
+    let auth_channel = channel(auth_service.addr).await;
+
+    let posts_service = start_posts(&posts_db, auth_service.addr, &common).await;
+    let stack = Stack {
+        users: UserServiceClient::new(auth_channel.clone()),
+        auth: AuthServiceClient::new(auth_channel),
+        posts: PostServiceClient::new(channel(posts_service.addr).await),
+        auth_service,
+        posts_service,
+        posts_db,
+        _auth_db: auth_db,
+        common,
+    };
+    stack.wait_until_posts_serving().await;
+    stack
+}
+
+/// A posts-service alone, pointed at an auth-service address where nothing
+/// listens, on a fresh database: it has never had keys.
+pub async fn spawn_posts_without_auth() -> (Running, PostServiceClient<Channel>, TestDatabase) {
+    testkit::init_logs();
+    let db = TestDatabase::new("posts").await;
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let posts = start_posts(&db, nowhere, &common_config()).await;
+    let client = PostServiceClient::new(channel(posts.addr).await);
+    (posts, client, db)
+}
+
+/// The overall health of the service at `addr`.
+pub async fn health(addr: SocketAddr) -> ServingStatus {
+    let mut health = HealthClient::new(channel(addr).await);
+    match health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+    {
+        Ok(response) => response.into_inner().status(),
+        Err(_) => ServingStatus::Unknown,
+    }
+}
+
+async fn start_posts(db: &TestDatabase, auth_addr: SocketAddr, common: &CommonConfig) -> Running {
+    let posts = posts_service::Application::build(posts_service::Config {
+        posts: posts_service::config::PostsConfig {
+            posts_listen_addr: "127.0.0.1:0".parse().unwrap(),
+            posts_database_url: db.url.clone(),
+            auth_service_url: format!("http://{auth_addr}"),
+            jwks_refresh_secs: 300,
+            posts_db_acquire_timeout_secs: 5,
+        },
+        common: common.clone(),
+    })
+    .await
+    .expect("building the posts-service");
+    Running::spawn(posts.local_addr(), |stopped| {
+        posts.run(async {
+            let _ = stopped.await;
+        })
+    })
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connecting")
+}
+
+/// A user with unique credentials.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    /// Unique username.
+    pub username: String,
+    /// Unique email.
+    pub email: String,
+    /// A valid password.
+    pub password: String,
+    /// The id, once registered.
+    pub id: i64,
+    /// Access token of the latest login.
+    pub token: String,
+    /// Refresh token of the latest login.
+    pub refresh_token: String,
+}
+
+impl Stack {
+    /// The posts-service's health, overall.
+    pub async fn posts_health(&self) -> ServingStatus {
+        health(self.posts_service.addr).await
+    }
+
+    async fn wait_until_posts_serving(&self) {
+        eventually(
+            Duration::from_secs(10),
+            "the posts-service to serve",
+            || async { self.posts_health().await == ServingStatus::Serving },
+        )
+        .await;
+    }
+
+    /// Stops the posts-service and starts it again on its database.
+    pub async fn restart_posts(&mut self, between: impl Future<Output = ()>) {
+        self.posts_service.stop().await;
+        between.await;
+        self.posts_service =
+            start_posts(&self.posts_db, self.auth_service.addr, &self.common).await;
+        self.posts = PostServiceClient::new(channel(self.posts_service.addr).await);
+        self.wait_until_posts_serving().await;
+    }
+
+    /// Registers and logs in a fresh user.
+    pub async fn user(&self) -> TestUser {
+        let id = testkit::unique_id();
+        let mut user = TestUser {
+            username: format!("user_{id}"),
+            email: format!("user_{id}@example.com"),
+            password: format!("pw-{id}-long-enough"),
+            id: 0,
+            token: String::new(),
+            refresh_token: String::new(),
+        };
+        let created: User = self
+            .users
+            .clone()
+            .create_user(CreateUserRequest {
+                username: user.username.clone(),
+                email: user.email.clone(),
+                password: user.password.clone(),
+            })
+            .await
+            .expect("registration")
+            .into_inner();
+        user.id = created.id;
+        let tokens = self.login(&user).await.expect("login");
+        user.token = tokens.access_token;
+        user.refresh_token = tokens.refresh_token;
+        user
+    }
+
+    /// Logs `user` in again: a new session.
+    pub async fn login(&self, user: &TestUser) -> Result<TokenResponse, Status> {
+        self.auth
+            .clone()
+            .login(LoginRequest {
+                username_or_email: user.username.clone(),
+                password: user.password.clone(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Creates a post as `user`.
+    pub async fn create_post(
+        &self,
+        user: &TestUser,
+        title: &str,
+        content: &str,
+    ) -> Result<Post, Status> {
+        self.posts
+            .clone()
+            .create_post(bearer(
+                &user.token,
+                CreatePostRequest {
+                    title: title.into(),
+                    content: content.into(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn bearer<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Polls `condition` until it holds, failing after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if condition().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("waited {within:?} for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts a call failed with `code` and exactly `message`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: tonic::Code,
+    message: &str,
+) -> Status {
+    let status = result.expect_err("the call must fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(status.message(), message, "{status:?}");
+    status
+}
+
+/// The field names of a status's `BadRequest` violations.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}

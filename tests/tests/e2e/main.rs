@@ -1,0 +1,6 @@
+//! The two services as one system: both in-process over real TCP, each on its
+//! own database (SQLite, or PostgreSQL when `TEST_DATABASE_URL` is set).
+
+mod across;
+mod helpers;
+mod posts;
