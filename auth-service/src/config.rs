@@ -19,7 +19,11 @@ pub struct AuthConfig {
         hide_env_values = true
     )]
     pub auth_database_url: String,
-    /// Base of absolute `avatar_url`s served by this service.
+    /// Address of the plain HTTP side: JWKS, health, avatars.
+    #[arg(long, env = "AUTH_HTTP_ADDR", default_value = "127.0.0.1:8081")]
+    pub auth_http_addr: SocketAddr,
+    /// Base of absolute `avatar_url`s served by this service. Empty: the
+    /// address `AUTH_HTTP_ADDR` is bound to.
     #[arg(long, env = "AUTH_PUBLIC_URL", default_value = "http://127.0.0.1:8081")]
     pub auth_public_url: String,
     /// Absolute lifetime of a session and its refresh tokens, in seconds.
@@ -28,6 +32,60 @@ pub struct AuthConfig {
     /// Longest wait for a database connection before answering UNAVAILABLE.
     #[arg(long, env = "AUTH_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
     pub auth_db_acquire_timeout_secs: u64,
+    /// Mail settings.
+    #[command(flatten)]
+    pub mail: MailConfig,
+    /// Where profile pictures are kept.
+    #[command(flatten)]
+    pub avatars: AvatarConfig,
+}
+
+/// How password-reset mail goes out.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MailConfig {
+    /// `smtp://[user:pass@]host[:port]` (plaintext), `smtp://…?tls=required`
+    /// (STARTTLS) or `smtps://…`. Unset: messages are written as `.eml`
+    /// files under `DATA_DIR/mail/`.
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Sender of outgoing mail.
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "Blog <no-reply@blog.localhost>"
+    )]
+    pub mail_from: String,
+    /// Base of the links in mail (the web front end).
+    #[arg(long, env = "FRONTEND_URL", default_value = "http://localhost:3000")]
+    pub frontend_url: String,
+    /// How long a password-reset link works, in seconds.
+    #[arg(long, env = "PASSWORD_RESET_TTL_SECS", default_value_t = 3600)]
+    pub password_reset_ttl_secs: u64,
+}
+
+/// Where profile pictures are kept: local files under `DATA_DIR/avatars/`
+/// (served at `/avatars/` on `AUTH_HTTP_ADDR`), or an S3 bucket.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AvatarConfig {
+    /// S3 bucket; when set, avatars go to S3 instead of local files.
+    #[arg(long, env = "AVATAR_S3_BUCKET")]
+    pub avatar_s3_bucket: Option<String>,
+    /// S3 region.
+    #[arg(long, env = "AVATAR_S3_REGION", default_value = "us-east-1")]
+    pub avatar_s3_region: String,
+    /// S3 endpoint, for S3-compatible servers (path-style requests).
+    #[arg(long, env = "AVATAR_S3_ENDPOINT")]
+    pub avatar_s3_endpoint: Option<String>,
+    /// S3 access key id.
+    #[arg(long, env = "AVATAR_S3_ACCESS_KEY_ID")]
+    pub avatar_s3_access_key_id: Option<String>,
+    /// S3 secret access key.
+    #[arg(long, env = "AVATAR_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub avatar_s3_secret_access_key: Option<String>,
+    /// Public base URL of the bucket's objects; by default the endpoint and
+    /// bucket (path style), or the bucket's AWS address.
+    #[arg(long, env = "AVATAR_S3_PUBLIC_URL")]
+    pub avatar_s3_public_url: Option<String>,
 }
 
 /// Everything the auth-service reads.
@@ -50,6 +108,11 @@ impl AuthConfig {
     /// Absolute lifetime of a session.
     pub fn session_ttl(&self) -> Duration {
         Duration::from_secs(self.session_ttl_secs)
+    }
+
+    /// How long a password-reset link works.
+    pub fn password_reset_ttl(&self) -> Duration {
+        Duration::from_secs(self.mail.password_reset_ttl_secs)
     }
 
     /// Longest wait for a database connection.

@@ -32,12 +32,18 @@ pub enum Error {
     /// A refresh token that is unknown, used, or past its session's end.
     #[error("invalid refresh token")]
     InvalidRefreshToken,
+    /// A password-reset token that is unknown, used, replaced or expired.
+    #[error("invalid reset token")]
+    InvalidResetToken,
+    /// A profile picture that cannot be used.
+    #[error("bad image: {0}")]
+    BadImage(#[from] crate::images::ImageError),
+    /// `DeleteAvatar` with no avatar.
+    #[error("no avatar")]
+    NoAvatar,
     /// The internal token is missing or wrong.
     #[error("bad internal token")]
     BadInternalToken,
-    /// A feature whose issue has not landed yet.
-    #[error("not implemented")]
-    Unimplemented,
     /// The database cannot be reached or is overloaded.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -80,8 +86,12 @@ impl From<Error> for Status {
             Error::InvalidRefreshToken => {
                 Status::unauthenticated("Invalid or expired refresh token")
             }
+            Error::InvalidResetToken => {
+                FieldErrors::single("token", "Invalid or expired reset token").into_status()
+            }
+            Error::BadImage(e) => FieldErrors::single("image", &e.to_string()).into_status(),
+            Error::NoAvatar => Status::failed_precondition("No profile picture to delete"),
             Error::BadInternalToken => Status::unauthenticated("Invalid internal token"),
-            Error::Unimplemented => Status::unimplemented("Not implemented yet"),
             Error::Unavailable(e) => {
                 tracing::warn!(error = %e, "database unavailable");
                 Status::unavailable(status::SERVICE_UNAVAILABLE)

@@ -15,7 +15,7 @@ use tonic::Status;
 
 use shared::proto::auth::{self as pb, user_event::Event};
 
-use crate::{avatar_url, error::Error, store::Store};
+use crate::{avatars::Avatars, error::Error, store::Store};
 
 /// A change recorded in the outbox, in its storage form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +71,7 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::UserEvent, Status>> 
 pub fn watch(
     store: Arc<dyn Store>,
     after: i64,
-    public_url: Arc<str>,
+    avatars: Arc<Avatars>,
     shutdown: CancellationToken,
 ) -> EventStream {
     let (tx, rx) = mpsc::channel(BATCH as usize);
@@ -90,7 +90,7 @@ pub fn watch(
             let caught_up = (batch.len() as i64) < BATCH;
             for record in batch {
                 cursor = record.sequence;
-                let event = to_wire(record.sequence, record.time, record.change, &public_url);
+                let event = to_wire(record.sequence, record.time, record.change, &avatars);
                 if tx.send(Ok(event)).await.is_err() {
                     return;
                 }
@@ -110,7 +110,7 @@ pub fn watch(
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-fn to_wire(sequence: i64, time: i64, change: UserChange, public_url: &str) -> pb::UserEvent {
+fn to_wire(sequence: i64, time: i64, change: UserChange, avatars: &Avatars) -> pb::UserEvent {
     let event = match change {
         UserChange::UserUpserted {
             user_id,
@@ -119,7 +119,7 @@ fn to_wire(sequence: i64, time: i64, change: UserChange, public_url: &str) -> pb
         } => Event::UserUpserted(pb::UserProfile {
             id: user_id,
             username,
-            avatar_url: avatar_url(public_url, avatar_key.as_deref()),
+            avatar_url: avatars.url(avatar_key.as_deref()),
         }),
         UserChange::UserDeleted { user_id } => Event::UserDeleted(pb::UserDeleted { user_id }),
         UserChange::SessionsRevoked {

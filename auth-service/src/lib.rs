@@ -8,6 +8,9 @@
 //! - [`tokens`]: issuing access tokens.
 //! - [`sessions`]: login, refresh rotation, logout, live-session checks.
 //! - [`events`]: the outbox's change records and the `WatchUserEvents` stream.
+//! - [`resets`] and [`mail`]: password reset by mail.
+//! - [`images`] and [`avatars`]: profile pictures, processed and stored.
+//! - [`http`]: the plain HTTP side (JWKS, probes, local avatars).
 //! - [`store`]: the storage trait and its PostgreSQL and SQLite backends.
 //! - [`service`]: the tonic handlers.
 //! - [`error`]: the error type and its mapping to gRPC statuses.
@@ -15,12 +18,17 @@
 //! [`Application::build`] then [`Application::run`] is how `main`, the
 //! launcher and the tests all start it.
 
+pub mod avatars;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod http;
+pub mod images;
 pub mod keys;
+pub mod mail;
 pub mod password;
+pub mod resets;
 pub mod service;
 pub mod sessions;
 pub mod store;
@@ -31,7 +39,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::server::NamedService;
+use tonic::{server::NamedService, service::interceptor::InterceptedService};
 
 use shared::{
     AuthInterceptor,
@@ -46,7 +54,13 @@ use shared::{
 pub use config::Config;
 
 use crate::{
-    keys::KeyRing, password::Passwords, sessions::SessionManager, store::Store,
+    avatars::Avatars,
+    keys::KeyRing,
+    mail::{FileMailer, Mailer, SmtpMailer},
+    password::Passwords,
+    resets::PasswordResets,
+    sessions::SessionManager,
+    store::Store,
     tokens::AccessTokens,
 };
 
@@ -60,24 +74,22 @@ pub struct AppState {
     pub tokens: Arc<AccessTokens>,
     /// Sessions and refresh tokens.
     pub sessions: SessionManager,
-    /// Base of absolute avatar URLs.
-    pub public_url: Arc<str>,
+    /// Profile pictures.
+    pub avatars: Arc<Avatars>,
+    /// Password reset by mail.
+    pub resets: Arc<PasswordResets>,
     /// The secret guarding `UserEventService`.
     pub internal_token: String,
     /// Cancelled when the service stops, to end long-lived streams.
     pub shutdown: CancellationToken,
 }
 
-/// The absolute URL of an avatar object, or empty when there is none.
-pub fn avatar_url(public_url: &str, key: Option<&str>) -> String {
-    key.map(|key| format!("{}/avatars/{key}", public_url.trim_end_matches('/')))
-        .unwrap_or_default()
-}
-
 /// A built, bound, not yet serving auth-service.
 pub struct Application {
     /// The bound gRPC listener.
     listener: TcpListener,
+    /// The bound HTTP listener.
+    http_listener: TcpListener,
     /// Shared handler state.
     state: Arc<AppState>,
     /// Verifies bearer tokens with our own public keys.
@@ -120,12 +132,41 @@ impl Application {
             &config.common.data_dir,
         )
         .context("reading the internal token")?;
+        let http_listener = TcpListener::bind(config.auth.auth_http_addr)
+            .await
+            .with_context(|| format!("binding {}", config.auth.auth_http_addr))?;
+        let public_url = match config.auth.auth_public_url.as_str() {
+            "" => format!("http://{}", http_listener.local_addr()?),
+            url => url.to_owned(),
+        };
+        let avatars = Arc::new(
+            Avatars::from_config(&config.auth.avatars, &config.common.data_dir, &public_url)
+                .context("opening the avatar store")?,
+        );
+        let mailer: Arc<dyn Mailer> = match &config.auth.mail.smtp_url {
+            Some(url) => Arc::new(SmtpMailer::new(url)?),
+            None => Arc::new(FileMailer::new(config.common.data_dir.join("mail"))),
+        };
+        let from = config
+            .auth
+            .mail
+            .mail_from
+            .parse()
+            .context("MAIL_FROM is not a mail address")?;
+        let resets = Arc::new(PasswordResets::new(
+            store.clone(),
+            mailer,
+            from,
+            &config.auth.mail.frontend_url,
+            config.auth.password_reset_ttl(),
+        ));
         let state = Arc::new(AppState {
             sessions: SessionManager::new(store.clone(), tokens.clone(), config.auth.session_ttl()),
             store,
             passwords: Passwords::new(),
             tokens,
-            public_url: config.auth.auth_public_url.trim_end_matches('/').into(),
+            avatars,
+            resets,
             internal_token,
             shutdown: CancellationToken::new(),
         });
@@ -134,6 +175,7 @@ impl Application {
             .with_context(|| format!("binding {}", config.auth.auth_listen_addr))?;
         Ok(Self {
             listener,
+            http_listener,
             state,
             verifier,
             config,
@@ -143,6 +185,13 @@ impl Application {
     /// The address the gRPC server is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// The address the HTTP side is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
             .local_addr()
             .expect("a bound TCP listener has an address")
     }
@@ -159,6 +208,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            http_listener,
             state,
             verifier,
             config,
@@ -184,8 +234,12 @@ impl Application {
 
         let router = server::builder(config.common.request_timeout())
             .add_service(health_service)
-            .add_service(UserServiceServer::with_interceptor(
-                service::UsersApi::new(state.clone()),
+            .add_service(InterceptedService::new(
+                UserServiceServer::new(service::UsersApi::new(state.clone()))
+                    // SetAvatar carries up to 5 MiB: just enough room for a
+                    // 5 MiB upload plus framing, so an oversized one still
+                    // arrives and is answered with a clear message.
+                    .max_decoding_message_size(images::MAX_UPLOAD_BYTES + 64 * 1024),
                 interceptor.clone(),
             ))
             .add_service(AuthServiceServer::with_interceptor(
@@ -206,7 +260,15 @@ impl Application {
             ],
         )?;
 
-        tracing::info!(%addr, reflection = config.common.reflection, "auth-service listening");
+        let http_addr = http_listener.local_addr()?;
+        let http_stop = state.shutdown.clone();
+        let http = tokio::spawn(
+            axum::serve(http_listener, http::router(state.clone()))
+                .with_graceful_shutdown(async move { http_stop.cancelled().await })
+                .into_future(),
+        );
+
+        tracing::info!(%addr, %http_addr, reflection = config.common.reflection, "auth-service listening");
         let stopping = state.shutdown.clone();
         router
             .serve_with_incoming_shutdown(server::incoming(listener), async move {
@@ -218,6 +280,9 @@ impl Application {
             .await?;
         state.shutdown.cancel();
         watchdog.abort();
+        if let Ok(Err(e)) = http.await {
+            tracing::warn!(error = %e, "HTTP server error");
+        }
         tracing::info!("auth-service stopped");
         Ok(())
     }

@@ -37,7 +37,7 @@ macro_rules! conformance {
                             let db = super::TestDatabase::postgres(&base, "posts").await;
                             super::$case(super::open(&db).await).await
                         }
-                        None => eprintln!("TEST_DATABASE_URL not set: PostgreSQL case skipped"),
+                        None => testkit::skipped("TEST_DATABASE_URL", "PostgreSQL case"),
                     }
                 }
             )*

@@ -1,7 +1,9 @@
 //! Test-only helpers every test suite of the workspace shares: a database of
 //! its own for each test (a temporary SQLite file by default, a new PostgreSQL
 //! database when `TEST_DATABASE_URL` is set), unique ids, and logs only when
-//! `TEST_LOG` is set.
+//! `TEST_LOG` is set; and an SMTP sink for mail tests.
+
+pub mod smtp;
 
 use std::sync::{Arc, Once};
 
@@ -91,6 +93,17 @@ pub fn postgres_base() -> Option<String> {
     std::env::var("TEST_DATABASE_URL")
         .ok()
         .filter(|u| !u.is_empty())
+}
+
+/// Reports a test case skipped because the server named by the environment
+/// variable `var` was not given. When `TEST_REQUIRE` lists `var` (as CI
+/// does), a skip is a failure instead, so CI cannot pass by running nothing.
+pub fn skipped(var: &str, case: &str) {
+    let required = std::env::var("TEST_REQUIRE").unwrap_or_default();
+    if required.split(',').any(|r| r.trim() == var) {
+        panic!("{case}: {var} is required (TEST_REQUIRE) but not set");
+    }
+    eprintln!("{var} not set: {case} skipped");
 }
 
 /// 16 random hex digits.

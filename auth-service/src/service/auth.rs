@@ -13,7 +13,12 @@ use shared::{
     status::FieldErrors,
 };
 
-use crate::{AppState, domain::Password, error::Error, store::Sessions};
+use crate::{
+    AppState,
+    domain::{Email, Password},
+    error::Error,
+    store::Sessions,
+};
 
 /// Handlers of `AuthService`.
 pub struct AuthApi {
@@ -150,18 +155,39 @@ impl AuthService for AuthApi {
         Ok(Response::new(()))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn request_password_reset(
         &self,
-        _request: Request<RequestPasswordResetRequest>,
+        request: Request<RequestPasswordResetRequest>,
     ) -> Result<Response<()>, Status> {
-        Err(Error::Unimplemented.into())
+        let email = Email::parse(&request.into_inner().email)
+            .map_err(|e| Error::from(FieldErrors::single("email", e)))?;
+        // Whether or not the address has an account, the answer is the same
+        // and immediate; the work happens in the background.
+        self.state.resets.request(email);
+        Ok(Response::new(()))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn reset_password(
         &self,
-        _request: Request<ResetPasswordRequest>,
+        request: Request<ResetPasswordRequest>,
     ) -> Result<Response<()>, Status> {
-        Err(Error::Unimplemented.into())
+        let request = request.into_inner();
+        let mut errors = FieldErrors::default();
+        required(&mut errors, "token", &request.token);
+        let new = errors.check("new_password", Password::parse(request.new_password));
+        errors.finish().map_err(Error::from)?;
+        let Some(new) = new else {
+            unreachable!("finish() returned Ok, so new_password parsed");
+        };
+        if request.token.len() > 128 {
+            return Err(Error::InvalidResetToken.into());
+        }
+        let hash = self.state.passwords.hash(&new).await?;
+        let user_id = self.state.resets.reset(&request.token, &hash).await?;
+        tracing::info!(user_id, "password reset");
+        Ok(Response::new(()))
     }
 
     async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<Jwks>, Status> {

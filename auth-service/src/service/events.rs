@@ -62,7 +62,7 @@ impl UserEventService for UserEventsApi {
         Ok(Response::new(events::watch(
             self.state.store.clone(),
             after,
-            self.state.public_url.clone(),
+            self.state.avatars.clone(),
             self.state.shutdown.clone(),
         )))
     }

@@ -13,7 +13,7 @@ use shared::{
 };
 
 use crate::{
-    AppState, avatar_url,
+    AppState,
     domain::{Email, Password, Username},
     error::Error,
     service::timestamp,
@@ -35,7 +35,7 @@ impl UsersApi {
     fn user(&self, record: UserRecord) -> User {
         User {
             id: record.id,
-            avatar_url: avatar_url(&self.state.public_url, record.avatar_key.as_deref()),
+            avatar_url: self.state.avatars.url(record.avatar_key.as_deref()),
             username: record.username,
             email: record.email,
             create_time: timestamp(record.create_time),
@@ -92,7 +92,7 @@ impl UserService for UsersApi {
         Ok(Response::new(UserProfile {
             id: user.id,
             username: user.username,
-            avatar_url: avatar_url(&self.state.public_url, user.avatar_key.as_deref()),
+            avatar_url: self.state.avatars.url(user.avatar_key.as_deref()),
         }))
     }
 
@@ -155,24 +155,63 @@ impl UserService for UsersApi {
                 Error::from(FieldErrors::single("password", "Password is incorrect")).into(),
             );
         }
-        self.state.store.delete_user(me.id).await?;
+        let deleted = self.state.store.delete_user(me.id).await?;
+        if let Some(key) = deleted.and_then(|user| user.avatar_key) {
+            self.state.avatars.delete(&key).await;
+        }
         tracing::info!(user_id = me.id, "user deleted");
         Ok(Response::new(()))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn set_avatar(
         &self,
         request: Request<SetAvatarRequest>,
     ) -> Result<Response<User>, Status> {
-        self.state.sessions.require_live(&request).await?;
-        Err(Error::Unimplemented.into())
+        let me = self.state.sessions.require_live(&request).await?;
+        let image = request.into_inner().image;
+        let key = self
+            .state
+            .avatars
+            .store(image)
+            .await?
+            .map_err(Error::from)?;
+        // The new object exists; point the user at it, then drop the old one.
+        // Should the update fail, the new object is what gets dropped.
+        match self.state.store.set_avatar(me.id, Some(&key)).await {
+            Ok(Some((user, previous))) => {
+                if let Some(previous) = previous {
+                    self.state.avatars.delete(&previous).await;
+                }
+                tracing::info!(user_id = me.id, "avatar set");
+                Ok(Response::new(self.user(user)))
+            }
+            Ok(None) => {
+                self.state.avatars.delete(&key).await;
+                Err(Error::InvalidToken.into())
+            }
+            Err(e) => {
+                self.state.avatars.delete(&key).await;
+                Err(e.into())
+            }
+        }
     }
 
+    #[tracing::instrument(skip_all)]
     async fn delete_avatar(
         &self,
         request: Request<DeleteAvatarRequest>,
     ) -> Result<Response<User>, Status> {
-        self.state.sessions.require_live(&request).await?;
-        Err(Error::Unimplemented.into())
+        let me = self.state.sessions.require_live(&request).await?;
+        let (user, previous) = self
+            .state
+            .store
+            .set_avatar(me.id, None)
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        let previous = previous.ok_or(Error::NoAvatar)?;
+        self.state.avatars.delete(&previous).await;
+        tracing::info!(user_id = me.id, "avatar deleted");
+        Ok(Response::new(self.user(user)))
     }
 }

@@ -161,14 +161,43 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a user with their sessions (a `user_deleted` event). Returns
     /// the deleted row.
     async fn delete_user(&self, id: i64) -> Result<Option<UserRecord>>;
-    /// Replaces a user's password hash and ends `revoke` of their sessions,
-    /// in one transaction. Returns the ended session ids.
+    /// Replaces a user's password hash, voids their reset tokens and ends
+    /// `revoke` of their sessions, in one transaction. Returns the ended
+    /// session ids.
     async fn set_password(
         &self,
         user_id: i64,
         hash: &str,
         revoke: Sessions<'_>,
     ) -> Result<Vec<String>>;
+
+    /// Makes `token_hash` the user's only password-reset token, valid until
+    /// `expire_time`.
+    async fn replace_reset_token(
+        &self,
+        user_id: i64,
+        token_hash: &[u8],
+        expire_time: i64,
+    ) -> Result<()>;
+    /// Uses a reset token: if it exists and has not expired by `now`, sets
+    /// the password, voids every reset token of the user and ends all their
+    /// sessions, in one transaction. Returns the user id; `None` (and the
+    /// token gone, if it had expired) otherwise.
+    async fn reset_password(
+        &self,
+        token_hash: &[u8],
+        now: i64,
+        new_hash: &str,
+    ) -> Result<Option<i64>>;
+    /// Sets (`Some`) or clears (`None`) a user's avatar key; a change is an
+    /// event. Returns the user after the change and the key it replaced;
+    /// `None` if the user does not exist. Clearing an absent avatar changes
+    /// nothing and returns `(user, None)`.
+    async fn set_avatar(
+        &self,
+        user_id: i64,
+        key: Option<&str>,
+    ) -> Result<Option<(UserRecord, Option<String>)>>;
 
     /// Records a new session and its first refresh token.
     async fn create_session(&self, session: NewSession<'_>) -> Result<()>;

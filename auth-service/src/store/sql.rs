@@ -220,9 +220,118 @@ macro_rules! sql_store {
                 if updated.rows_affected() == 0 {
                     return Err($crate::error::Error::UserNotFound);
                 }
+                sqlx::query("DELETE FROM password_resets WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
                 let (ended, sequence) = Self::end_sessions_in(&mut tx, user_id, revoke).await?;
                 self.commit(tx, sequence).await?;
                 Ok(ended)
+            }
+
+            async fn replace_reset_token(
+                &self,
+                user_id: i64,
+                token_hash: &[u8],
+                expire_time: i64,
+            ) -> $crate::error::Result<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("DELETE FROM password_resets WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO password_resets (token_hash, user_id, create_time, expire_time) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(token_hash)
+                .bind(user_id)
+                .bind($crate::store::now_micros())
+                .bind(expire_time)
+                .execute(&mut *tx)
+                .await?;
+                self.commit(tx, None).await
+            }
+
+            async fn reset_password(
+                &self,
+                token_hash: &[u8],
+                now: i64,
+                new_hash: &str,
+            ) -> $crate::error::Result<Option<i64>> {
+                let mut tx = self.begin_write().await?;
+                // Taking the token out first makes it single-use even under
+                // concurrent attempts.
+                let claimed: Option<(i64, i64)> = sqlx::query_as(
+                    "DELETE FROM password_resets WHERE token_hash = $1 RETURNING user_id, expire_time",
+                )
+                .bind(token_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((user_id, expire_time)) = claimed else {
+                    return Ok(None);
+                };
+                if expire_time <= now {
+                    self.commit(tx, None).await?;
+                    return Ok(None);
+                }
+                sqlx::query("UPDATE users SET password_hash = $2, update_time = $3 WHERE id = $1")
+                    .bind(user_id)
+                    .bind(new_hash)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM password_resets WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let (_, sequence) =
+                    Self::end_sessions_in(&mut tx, user_id, $crate::store::Sessions::All).await?;
+                self.commit(tx, sequence).await?;
+                Ok(Some(user_id))
+            }
+
+            async fn set_avatar(
+                &self,
+                user_id: i64,
+                key: Option<&str>,
+            ) -> $crate::error::Result<Option<($crate::store::UserRecord, Option<String>)>> {
+                let mut tx = self.begin_write().await?;
+                let previous: Option<Option<String>> =
+                    sqlx::query_scalar("SELECT avatar_key FROM users WHERE id = $1")
+                        .bind(user_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some(previous) = previous else {
+                    return Ok(None);
+                };
+                if key.is_none() && previous.is_none() {
+                    let user = sqlx::query_as(concat!(
+                        "SELECT ",
+                        $crate::store::sql::user_columns!(),
+                        " FROM users WHERE id = $1"
+                    ))
+                    .bind(user_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    return Ok(Some((user, None)));
+                }
+                let user: $crate::store::UserRecord = sqlx::query_as(concat!(
+                    "UPDATE users SET avatar_key = $2, update_time = $3 WHERE id = $1 RETURNING ",
+                    $crate::store::sql::user_columns!()
+                ))
+                .bind(user_id)
+                .bind(key)
+                .bind($crate::store::now_micros())
+                .fetch_one(&mut *tx)
+                .await?;
+                let change = $crate::events::UserChange::UserUpserted {
+                    user_id,
+                    username: user.username.clone(),
+                    avatar_key: user.avatar_key.clone(),
+                };
+                let sequence = Self::record(&mut tx, &change).await?;
+                self.commit(tx, Some(sequence)).await?;
+                Ok(Some((user, previous)))
             }
 
             async fn create_session(&self, session: $crate::store::NewSession<'_>) -> $crate::error::Result<()> {

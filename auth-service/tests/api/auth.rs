@@ -3,7 +3,6 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use shared::proto::auth::{
     ChangePasswordRequest, GetJwksRequest, GetMeRequest, LogoutRequest, RefreshTokenRequest,
-    RequestPasswordResetRequest, ResetPasswordRequest,
 };
 use tonic::Code;
 
@@ -268,30 +267,6 @@ async fn change_password_ends_other_sessions_and_retires_the_old_password() {
     app.login(&user.username, "a brand new password")
         .await
         .unwrap();
-}
-
-#[tokio::test]
-async fn password_reset_is_not_implemented_yet() {
-    let app = spawn_app().await;
-    let status = app
-        .auth
-        .clone()
-        .request_password_reset(RequestPasswordResetRequest {
-            email: "a@example.com".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    let status = app
-        .auth
-        .clone()
-        .reset_password(ResetPasswordRequest {
-            token: "t".into(),
-            new_password: "new password!".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
 }
 
 #[tokio::test]

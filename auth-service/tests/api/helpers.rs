@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use auth_service::{
     AppState, Application, Config,
-    config::AuthConfig,
+    config::{AuthConfig, AvatarConfig, MailConfig},
     store::{self, Store},
 };
 use shared::{
@@ -34,6 +34,10 @@ pub async fn open_store(db: &TestDatabase) -> Arc<dyn Store> {
 pub struct TestApp {
     /// Its database.
     pub db: TestDatabase,
+    /// Its data directory (mail files, local avatars).
+    pub data_dir: std::path::PathBuf,
+    /// Where its HTTP side listens.
+    pub http_addr: std::net::SocketAddr,
     /// Its handler state, to look behind the API.
     pub state: Arc<AppState>,
     /// `UserService` client.
@@ -50,21 +54,43 @@ pub struct TestApp {
 
 /// Starts an auth-service on a fresh database.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_on(TestDatabase::new("auth").await).await
+    spawn_app_with(TestDatabase::new("auth").await, |_| {}).await
 }
 
 /// Starts an auth-service on `db`.
 pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
+    spawn_app_with(db, |_| {}).await
+}
+
+/// Starts an auth-service on `db`, with `adjust` applied to its settings.
+pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) -> TestApp {
     testkit::init_logs();
 
     let data_dir = tempfile::tempdir().expect("temporary directory").keep();
-    let config = Config {
+    let mut config = Config {
         auth: AuthConfig {
             auth_listen_addr: "127.0.0.1:0".parse().unwrap(),
+            auth_http_addr: "127.0.0.1:0".parse().unwrap(),
             auth_database_url: db.url.clone(),
-            auth_public_url: "http://127.0.0.1:8081".into(),
+            // Empty: derived from the bound HTTP address, so avatar URLs
+            // point at this very instance.
+            auth_public_url: String::new(),
             session_ttl_secs: 30 * 24 * 3600,
             auth_db_acquire_timeout_secs: 5,
+            mail: MailConfig {
+                smtp_url: None,
+                mail_from: "Blog <no-reply@blog.test>".into(),
+                frontend_url: "http://frontend.test".into(),
+                password_reset_ttl_secs: 3600,
+            },
+            avatars: AvatarConfig {
+                avatar_s3_bucket: None,
+                avatar_s3_region: "us-east-1".into(),
+                avatar_s3_endpoint: None,
+                avatar_s3_access_key_id: None,
+                avatar_s3_secret_access_key: None,
+                avatar_s3_public_url: None,
+            },
         },
         common: CommonConfig {
             token_issuer: "blog-auth".into(),
@@ -72,16 +98,18 @@ pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
             token_leeway_secs: 5,
             access_token_ttl_secs: 900,
             internal_token: Some(INTERNAL_TOKEN.into()),
-            data_dir,
+            data_dir: data_dir.clone(),
             reflection: true,
             request_timeout_secs: 30,
             log_format: LogFormat::Human,
         },
     };
+    adjust(&mut config);
     let app = Application::build(config)
         .await
         .expect("building the auth-service");
     let addr = app.local_addr();
+    let http_addr = app.http_addr();
     let state = app.state();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run(async {
@@ -95,6 +123,8 @@ pub async fn spawn_app_on(db: TestDatabase) -> TestApp {
         .expect("connecting to the auth-service");
     TestApp {
         db,
+        data_dir,
+        http_addr,
         state,
         users: UserServiceClient::new(channel.clone()),
         auth: AuthServiceClient::new(channel.clone()),

@@ -2,7 +2,9 @@
 //! family. Runs on SQLite, or on PostgreSQL when `TEST_DATABASE_URL` is set.
 
 mod auth;
+mod avatars;
 mod events;
 mod helpers;
+mod reset;
 mod store;
 mod users;

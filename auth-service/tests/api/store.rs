@@ -36,7 +36,7 @@ macro_rules! conformance {
                             let db = super::TestDatabase::postgres(&base, "auth").await;
                             super::$case(super::open_store(&db).await).await
                         }
-                        None => eprintln!("TEST_DATABASE_URL not set: PostgreSQL case skipped"),
+                        None => testkit::skipped("TEST_DATABASE_URL", "PostgreSQL case"),
                     }
                 }
             )*

@@ -1,9 +1,6 @@
 //! `UserService`: registration, profiles and self-service.
 
-use shared::proto::auth::{
-    DeleteAvatarRequest, DeleteMeRequest, GetMeRequest, GetUserRequest, SetAvatarRequest,
-    UpdateMeRequest,
-};
+use shared::proto::auth::{DeleteMeRequest, GetMeRequest, GetUserRequest, UpdateMeRequest};
 use tonic::{Code, Request};
 
 use crate::helpers::{TestUser, assert_status, bearer, spawn_app, violated_fields};
@@ -453,39 +450,4 @@ async fn delete_me_needs_the_password_and_ends_the_account() {
     );
     // The name is free again.
     app.create_user(&user).await.unwrap();
-}
-
-#[tokio::test]
-async fn avatars_are_not_implemented_yet_but_still_need_a_token() {
-    let app = spawn_app().await;
-    let (_, _, tokens) = app.signed_up().await;
-    assert_status(
-        app.users
-            .clone()
-            .set_avatar(Request::new(SetAvatarRequest {
-                image: vec![1, 2, 3],
-            }))
-            .await,
-        Code::Unauthenticated,
-        "Not authenticated",
-    );
-    let status = app
-        .users
-        .clone()
-        .set_avatar(bearer(
-            &tokens.access_token,
-            SetAvatarRequest {
-                image: vec![1, 2, 3],
-            },
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-    let status = app
-        .users
-        .clone()
-        .delete_avatar(bearer(&tokens.access_token, DeleteAvatarRequest {}))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
 }

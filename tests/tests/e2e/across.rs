@@ -237,3 +237,118 @@ async fn before_it_has_keys_the_posts_service_answers_tokens_with_unavailable() 
         .into_inner();
     assert_eq!(page.total_size, 0);
 }
+
+#[tokio::test]
+async fn a_password_reset_kills_old_tokens_on_both_services() {
+    use shared::proto::auth::{
+        RefreshTokenRequest, RequestPasswordResetRequest, ResetPasswordRequest,
+    };
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    assert_eq!(token_accepted(&stack, &alice).await, Code::Ok);
+    stack
+        .auth
+        .clone()
+        .request_password_reset(RequestPasswordResetRequest {
+            email: alice.email.clone(),
+        })
+        .await
+        .unwrap();
+    let inbox = stack
+        .mail
+        .wait_for(1, std::time::Duration::from_secs(10))
+        .await;
+    let token = testkit::smtp::reset_token(&inbox[0].data).expect("a reset link");
+    stack
+        .auth
+        .clone()
+        .reset_password(ResetPasswordRequest {
+            token,
+            new_password: "a brand new secret".into(),
+        })
+        .await
+        .unwrap();
+    eventually(
+        PROPAGATION,
+        "the old token to be refused by the posts-service",
+        || async { token_accepted(&stack, &alice).await == Code::Unauthenticated },
+    )
+    .await;
+    let refreshed = stack
+        .auth
+        .clone()
+        .refresh_token(RefreshTokenRequest {
+            refresh_token: alice.refresh_token.clone(),
+        })
+        .await;
+    assert_eq!(refreshed.unwrap_err().code(), Code::Unauthenticated);
+    let me = stack
+        .users
+        .clone()
+        .get_me(bearer(&alice.token, shared::proto::auth::GetMeRequest {}))
+        .await;
+    assert_eq!(me.unwrap_err().code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn a_new_or_removed_avatar_shows_on_posts_within_a_second() {
+    use shared::proto::auth::{DeleteAvatarRequest, SetAvatarRequest};
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    let post = stack.create_post(&alice, "Hello", "x").await.unwrap();
+    let avatar_url = |stack: &Stack| {
+        let mut posts = stack.posts.clone();
+        async move {
+            posts
+                .get_post(GetPostRequest { id: post.id })
+                .await
+                .unwrap()
+                .into_inner()
+                .author
+                .unwrap()
+                .avatar_url
+        }
+    };
+    let mut png = std::io::Cursor::new(Vec::new());
+    image_png(&mut png);
+    let user = stack
+        .users
+        .clone()
+        .set_avatar(bearer(
+            &alice.token,
+            SetAvatarRequest {
+                image: png.into_inner(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!user.avatar_url.is_empty());
+    eventually(PROPAGATION, "the avatar on the post", || async {
+        avatar_url(&stack).await == user.avatar_url
+    })
+    .await;
+    stack
+        .users
+        .clone()
+        .delete_avatar(bearer(&alice.token, DeleteAvatarRequest {}))
+        .await
+        .unwrap();
+    eventually(PROPAGATION, "the avatar to leave the post", || async {
+        avatar_url(&stack).await.is_empty()
+    })
+    .await;
+}
+
+/// A small valid PNG.
+fn image_png(out: &mut std::io::Cursor<Vec<u8>>) {
+    // 1x1 white pixel.
+    const PNG: &[u8] = &[
+        0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44,
+        0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x02, 0x00, 0x00, 0x00, 0x90,
+        0x77, 0x53, 0xDE, 0x00, 0x00, 0x00, 0x0C, 0x49, 0x44, 0x41, 0x54, 0x08, 0xD7, 0x63, 0xF8,
+        0xFF, 0xFF, 0x3F, 0x00, 0x05, 0xFE, 0x02, 0xFE, 0xDC, 0xCC, 0x59, 0xE7, 0x00, 0x00, 0x00,
+        0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+    ];
+    out.get_mut().extend_from_slice(PNG);
+}

@@ -13,7 +13,7 @@ use shared::{
         posts::{CreatePostRequest, Post, post_service_client::PostServiceClient},
     },
 };
-use testkit::TestDatabase;
+use testkit::{TestDatabase, smtp::SmtpSink};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Request, Status, transport::Channel};
 use tonic_health::pb::{
@@ -85,6 +85,8 @@ pub struct Stack {
     _auth_db: TestDatabase,
     /// Settings both services were started with.
     common: CommonConfig,
+    /// Where the auth-service's mail goes.
+    pub mail: SmtpSink,
 }
 
 fn common_config() -> CommonConfig {
@@ -107,15 +109,31 @@ pub async fn spawn_stack() -> Stack {
     testkit::init_logs();
     let common = common_config();
     let auth_db = TestDatabase::new("auth").await;
+    let mail = SmtpSink::start().await;
     let posts_db = TestDatabase::new("posts").await;
 
     let auth = auth_service::Application::build(auth_service::Config {
         auth: auth_service::config::AuthConfig {
             auth_listen_addr: "127.0.0.1:0".parse().unwrap(),
+            auth_http_addr: "127.0.0.1:0".parse().unwrap(),
             auth_database_url: auth_db.url.clone(),
-            auth_public_url: "http://127.0.0.1:8081".into(),
+            auth_public_url: String::new(),
             session_ttl_secs: 30 * 24 * 3600,
             auth_db_acquire_timeout_secs: 5,
+            mail: auth_service::config::MailConfig {
+                smtp_url: Some(mail.url.clone()),
+                mail_from: "Blog <no-reply@blog.test>".into(),
+                frontend_url: "http://frontend.test".into(),
+                password_reset_ttl_secs: 3600,
+            },
+            avatars: auth_service::config::AvatarConfig {
+                avatar_s3_bucket: None,
+                avatar_s3_region: "us-east-1".into(),
+                avatar_s3_endpoint: None,
+                avatar_s3_access_key_id: None,
+                avatar_s3_secret_access_key: None,
+                avatar_s3_public_url: None,
+            },
         },
         common: common.clone(),
     })
@@ -138,6 +156,7 @@ pub async fn spawn_stack() -> Stack {
         posts_db,
         _auth_db: auth_db,
         common,
+        mail,
     };
     stack.wait_until_posts_serving().await;
     stack
