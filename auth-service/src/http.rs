@@ -21,6 +21,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .route("/avatars/{*key}", get(avatar))
         .with_state(state)
 }
@@ -56,6 +57,19 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// Prometheus metrics.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.record_pool(state.store.pool_status());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
 /// A stored avatar. Keys are random and never reused, so the object may be

@@ -41,8 +41,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::interceptor::InterceptedService};
 
+use prometheus_client::metrics::counter::Counter;
 use shared::{
     AuthInterceptor,
+    observe::{Metrics, ObserveLayer},
     proto::auth::{
         auth_service_server::AuthServiceServer, user_event_service_server::UserEventServiceServer,
         user_service_server::UserServiceServer,
@@ -82,6 +84,10 @@ pub struct AppState {
     pub internal_token: String,
     /// Cancelled when the service stops, to end long-lived streams.
     pub shutdown: CancellationToken,
+    /// Everything `/metrics` shows.
+    pub metrics: Arc<Metrics>,
+    /// Failed logins (unknown account or wrong password).
+    pub login_failures: Counter,
 }
 
 /// A built, bound, not yet serving auth-service.
@@ -160,7 +166,16 @@ impl Application {
             &config.auth.mail.frontend_url,
             config.auth.password_reset_ttl(),
         ));
+        let mut metrics = Metrics::new();
+        let login_failures = Counter::default();
+        metrics.registry_mut().register(
+            "login_failures",
+            "Logins refused for an unknown account or a wrong password",
+            login_failures.clone(),
+        );
         let state = Arc::new(AppState {
+            metrics: Arc::new(metrics),
+            login_failures,
             sessions: SessionManager::new(store.clone(), tokens.clone(), config.auth.session_ttl()),
             store,
             passwords: Passwords::new(),
@@ -214,7 +229,7 @@ impl Application {
             config,
         } = self;
         let addr = listener.local_addr()?;
-        let interceptor = AuthInterceptor::new(verifier);
+        let interceptor = AuthInterceptor::new(verifier).with_metrics(state.metrics.clone());
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -233,6 +248,7 @@ impl Application {
         ));
 
         let router = server::builder(config.common.request_timeout())
+            .layer(ObserveLayer::new(state.metrics.clone()))
             .add_service(health_service)
             .add_service(InterceptedService::new(
                 UserServiceServer::new(service::UsersApi::new(state.clone()))

@@ -11,6 +11,9 @@ pub struct PostsConfig {
     /// Address the gRPC server listens on.
     #[arg(long, env = "POSTS_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
     pub posts_listen_addr: SocketAddr,
+    /// Address of the plain HTTP side: health probes and metrics.
+    #[arg(long, env = "POSTS_HTTP_ADDR", default_value = "127.0.0.1:8082")]
+    pub posts_http_addr: SocketAddr,
     /// `postgres://…` or `sqlite://…` (an SQLite file is created if missing).
     #[arg(
         long,

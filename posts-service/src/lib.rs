@@ -8,6 +8,7 @@
 //! - [`revocations`]: revoked sessions and deleted users, in memory.
 //! - [`store`]: the storage trait and its PostgreSQL and SQLite backends.
 //! - [`service`]: the tonic handlers.
+//! - [`http`]: the plain HTTP side (probes, metrics).
 //! - [`error`]: the error type and its mapping to gRPC statuses.
 //!
 //! Tokens are verified here, locally; the auth-service is never called per
@@ -17,6 +18,7 @@ pub mod backoff;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod http;
 pub mod keys;
 pub mod replica;
 pub mod revocations;
@@ -35,6 +37,7 @@ use tonic::{
 
 use shared::{
     AuthInterceptor,
+    observe::{Metrics, ObserveLayer},
     proto::{
         auth::{
             auth_service_client::AuthServiceClient,
@@ -58,6 +61,8 @@ use crate::{
 pub struct Application {
     /// The bound gRPC listener.
     listener: TcpListener,
+    /// The bound HTTP listener.
+    http_listener: TcpListener,
     /// Persistence.
     store: Arc<dyn Store>,
     /// Verifies bearer tokens with the auth-service's public keys.
@@ -116,8 +121,12 @@ impl Application {
         let listener = TcpListener::bind(config.posts.posts_listen_addr)
             .await
             .with_context(|| format!("binding {}", config.posts.posts_listen_addr))?;
+        let http_listener = TcpListener::bind(config.posts.posts_http_addr)
+            .await
+            .with_context(|| format!("binding {}", config.posts.posts_http_addr))?;
         Ok(Self {
             listener,
+            http_listener,
             store,
             verifier,
             revocations,
@@ -135,6 +144,13 @@ impl Application {
             .expect("a bound TCP listener has an address")
     }
 
+    /// The address the HTTP side is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
     /// How the user event stream is doing.
     pub fn replica_status(&self) -> Arc<ReplicaStatus> {
         self.replica.clone()
@@ -147,6 +163,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            http_listener,
             store,
             verifier,
             revocations,
@@ -157,6 +174,7 @@ impl Application {
         } = self;
         let addr = listener.local_addr()?;
         let background = CancellationToken::new();
+        let replica_status = replica.clone();
         let unknown_kid = Arc::new(Notify::new());
         let window = revocation_window(&config);
 
@@ -176,7 +194,7 @@ impl Application {
                     store: store.clone(),
                     revocations: revocations.clone(),
                     window,
-                    status: replica,
+                    status: replica.clone(),
                 }
                 .run(background.clone()),
             ),
@@ -201,10 +219,30 @@ impl Application {
             background.clone(),
         ));
 
+        let mut metrics = Metrics::new();
+        let stream = http::StreamGauges::default();
+        stream.register(&mut metrics);
+        let metrics = Arc::new(metrics);
+        let http_state = http::HttpState {
+            store: store.clone(),
+            verifier: verifier.clone(),
+            replica: replica_status,
+            metrics: metrics.clone(),
+            stream,
+        };
+        let http_stop = background.clone();
+        let http = tokio::spawn(
+            axum::serve(http_listener, http::router(http_state))
+                .with_graceful_shutdown(async move { http_stop.cancelled().await })
+                .into_future(),
+        );
+
         let interceptor = AuthInterceptor::new(verifier)
             .with_revocations(revocations)
-            .with_unknown_key_notify(unknown_kid);
+            .with_unknown_key_notify(unknown_kid)
+            .with_metrics(metrics.clone());
         let router = server::builder(config.common.request_timeout())
+            .layer(ObserveLayer::new(metrics))
             .add_service(health_service)
             .add_service(PostServiceServer::with_interceptor(
                 service::PostsApi::new(store),
@@ -225,6 +263,7 @@ impl Application {
             let _ = task.await;
         }
         let _ = health_task.await;
+        let _ = http.await;
         tracing::info!("posts-service stopped");
         Ok(())
     }

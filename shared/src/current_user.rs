@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tonic::{Request, Status, metadata::MetadataMap, service::Interceptor};
 
 use crate::{
+    observe::Metrics,
     status,
     verify::{Identity, Verifier, VerifyError},
 };
@@ -67,6 +68,8 @@ pub struct AuthInterceptor {
     revocations: Option<Arc<dyn RevocationCheck>>,
     /// Told when a token names a key we do not hold, so keys can be refetched.
     on_unknown_key: Option<Arc<tokio::sync::Notify>>,
+    /// Where refusals are counted.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl AuthInterceptor {
@@ -76,6 +79,20 @@ impl AuthInterceptor {
             verifier,
             revocations: None,
             on_unknown_key: None,
+            metrics: None,
+        }
+    }
+
+    /// Also counts refusals, by reason, in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn refused(&self, reason: &str) {
+        tracing::debug!(reason, "token refused");
+        if let Some(metrics) = &self.metrics {
+            metrics.token_rejected(reason);
         }
     }
 
@@ -94,11 +111,13 @@ impl AuthInterceptor {
     /// The verified caller of a request with these headers: `Ok(None)` when no
     /// token was sent.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Option<CurrentUser>, Status> {
-        let Some(token) = bearer_token(metadata)? else {
+        let Some(token) =
+            bearer_token(metadata).inspect_err(|_| self.refused("malformed_header"))?
+        else {
             return Ok(None);
         };
         let identity = self.verifier.verify(token).map_err(|e| {
-            tracing::debug!(reason = e.reason(), error = %e, "token refused");
+            self.refused(e.reason());
             match e {
                 VerifyError::NoKeys => Status::unavailable(status::KEYS_UNAVAILABLE),
                 VerifyError::UnknownKey => {
@@ -116,7 +135,7 @@ impl AuthInterceptor {
             .as_ref()
             .is_some_and(|r| r.is_revoked(&user))
         {
-            tracing::debug!(reason = "revoked", "token refused");
+            self.refused("revoked");
             return Err(status::invalid_token());
         }
         Ok(Some(user))

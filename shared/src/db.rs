@@ -42,6 +42,28 @@ pub async fn open_sqlite(url: &str, acquire_timeout: Duration) -> Result<SqliteP
         .await
 }
 
+/// How busy a connection pool is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Open connections.
+    pub size: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// The most connections the pool opens.
+    pub max: u32,
+}
+
+impl PoolStatus {
+    /// The state of `pool`.
+    pub fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Self {
+        Self {
+            size: pool.size(),
+            idle: pool.num_idle() as u32,
+            max: pool.options().get_max_connections(),
+        }
+    }
+}
+
 /// Whether `e` means the database is out of reach or too busy, rather than
 /// that the query is wrong: such calls are answered UNAVAILABLE and are worth
 /// retrying.

@@ -6,6 +6,7 @@
 //!   [`CurrentUser`](current_user::CurrentUser) helper handlers call.
 //! - [`status`]: the fixed status messages and field-violation errors.
 //! - [`server`]: transport limits, health, reflection and shutdown.
+//! - [`observe`]: per-call spans, logs, metrics and request ids.
 //! - [`config`]: settings both services read, and logging setup.
 //! - [`db`]: opening databases, classifying their errors, stored times.
 //! - [`secret`]: random tokens, hashing and constant-time comparison.
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod current_user;
 pub mod db;
+pub mod observe;
 pub mod proto;
 pub mod secret;
 pub mod server;

@@ -72,6 +72,7 @@ impl AuthService for AuthApi {
         let user = match user {
             Some(user) if verified => user,
             _ => {
+                self.state.login_failures.inc();
                 tracing::info!("login failed");
                 return Err(Error::BadCredentials.into());
             }

@@ -141,6 +141,8 @@ pub struct EventRecord {
 pub trait Store: Send + Sync + 'static {
     /// Fails when the database cannot be reached.
     async fn ping(&self) -> Result<()>;
+    /// How busy the connection pool is.
+    fn pool_status(&self) -> shared::db::PoolStatus;
 
     /// Inserts a user (and its `user_upserted` event). A taken username or
     /// email is [`Error::UsernameTaken`] / [`Error::EmailTaken`], decided by

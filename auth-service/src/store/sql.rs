@@ -95,6 +95,10 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            fn pool_status(&self) -> shared::db::PoolStatus {
+                shared::db::PoolStatus::of(&self.pool)
+            }
+
             async fn create_user(
                 &self,
                 user: $crate::store::NewUser<'_>,

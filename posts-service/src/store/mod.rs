@@ -109,6 +109,8 @@ pub struct RevocationSnapshot {
 pub trait Store: Send + Sync + 'static {
     /// Fails when the database cannot be reached.
     async fn ping(&self) -> Result<()>;
+    /// How busy the connection pool is.
+    fn pool_status(&self) -> shared::db::PoolStatus;
 
     /// Creates a post by `caller`, creating their author row from the token
     /// if absent. [`Error::InvalidToken`] if the caller has been deleted.

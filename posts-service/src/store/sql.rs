@@ -53,6 +53,10 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            fn pool_status(&self) -> shared::db::PoolStatus {
+                shared::db::PoolStatus::of(&self.pool)
+            }
+
             async fn create_post(
                 &self,
                 caller: $crate::store::Caller<'_>,

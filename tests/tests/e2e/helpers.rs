@@ -27,6 +27,8 @@ pub const PROPAGATION: Duration = Duration::from_secs(1);
 pub struct Running {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its HTTP side listens.
+    pub http_addr: SocketAddr,
     /// Stops it.
     stop: Option<oneshot::Sender<()>>,
     /// Its task.
@@ -34,13 +36,18 @@ pub struct Running {
 }
 
 impl Running {
-    fn spawn<F>(addr: SocketAddr, run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
+    fn spawn<F>(
+        addr: SocketAddr,
+        http_addr: SocketAddr,
+        run: impl FnOnce(oneshot::Receiver<()>) -> F,
+    ) -> Self
     where
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let (stop, stopped) = oneshot::channel();
         Self {
             addr,
+            http_addr,
             stop: Some(stop),
             task: Some(tokio::spawn(run(stopped))),
         }
@@ -139,7 +146,7 @@ pub async fn spawn_stack() -> Stack {
     })
     .await
     .expect("building the auth-service");
-    let auth_service = Running::spawn(auth.local_addr(), |stopped| {
+    let auth_service = Running::spawn(auth.local_addr(), auth.http_addr(), |stopped| {
         auth.run(async {
             let _ = stopped.await;
         })
@@ -194,6 +201,7 @@ async fn start_posts(db: &TestDatabase, auth_addr: SocketAddr, common: &CommonCo
     let posts = posts_service::Application::build(posts_service::Config {
         posts: posts_service::config::PostsConfig {
             posts_listen_addr: "127.0.0.1:0".parse().unwrap(),
+            posts_http_addr: "127.0.0.1:0".parse().unwrap(),
             posts_database_url: db.url.clone(),
             auth_service_url: format!("http://{auth_addr}"),
             jwks_refresh_secs: 300,
@@ -203,7 +211,7 @@ async fn start_posts(db: &TestDatabase, auth_addr: SocketAddr, common: &CommonCo
     })
     .await
     .expect("building the posts-service");
-    Running::spawn(posts.local_addr(), |stopped| {
+    Running::spawn(posts.local_addr(), posts.http_addr(), |stopped| {
         posts.run(async {
             let _ = stopped.await;
         })

@@ -3,4 +3,5 @@
 
 mod across;
 mod helpers;
+mod observe;
 mod posts;

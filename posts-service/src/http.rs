@@ -1,0 +1,135 @@
+//! The plain HTTP side of the posts-service (`POSTS_HTTP_ADDR`): liveness,
+//! readiness and Prometheus metrics.
+//!
+//! Readiness fails only on what stops the service from answering: the
+//! database, or having no keys to verify tokens with. The event stream's
+//! state is reported in the body and in metrics, never as unreadiness, since
+//! reads and token checks go on while the auth-service is away (DESIGN §5).
+
+use std::sync::{Arc, atomic::Ordering};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::metrics::gauge::Gauge;
+use serde_json::json;
+
+use shared::{observe::Metrics, verify::Verifier};
+
+use crate::{
+    replica::ReplicaStatus,
+    store::{Store, now_micros},
+};
+
+/// What the HTTP side reads.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Token verification keys.
+    pub verifier: Arc<Verifier>,
+    /// The event stream's progress.
+    pub replica: Arc<ReplicaStatus>,
+    /// Everything `/metrics` shows.
+    pub metrics: Arc<Metrics>,
+    /// Gauges of the event stream, refreshed at each scrape.
+    pub stream: StreamGauges,
+}
+
+/// The event stream, as metrics.
+#[derive(Clone, Default)]
+pub struct StreamGauges {
+    /// 1 while a stream is open.
+    pub connected: Gauge,
+    /// Sequence of the last event seen.
+    pub last_sequence: Gauge,
+    /// Seconds since that event committed.
+    pub lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl StreamGauges {
+    /// Registers the gauges in `metrics`.
+    pub fn register(&self, metrics: &mut Metrics) {
+        let registry = metrics.registry_mut();
+        registry.register(
+            "user_events_connected",
+            "Whether the user event stream from the auth-service is open",
+            self.connected.clone(),
+        );
+        registry.register(
+            "user_events_last_sequence",
+            "Sequence of the last user event applied or seen",
+            self.last_sequence.clone(),
+        );
+        registry.register(
+            "user_events_lag_seconds",
+            "Seconds between now and the commit of the last user event seen",
+            self.lag_seconds.clone(),
+        );
+    }
+}
+
+/// The routes.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn stream_state(replica: &ReplicaStatus) -> serde_json::Value {
+    json!({
+        "connected": replica.connected.load(Ordering::Relaxed),
+        "last_sequence": replica.last_sequence.load(Ordering::Relaxed),
+    })
+}
+
+async fn ready(State(state): State<HttpState>) -> Response {
+    let database = state.store.ping().await.is_ok();
+    let keys = state.verifier.has_keys();
+    let body = Json(json!({
+        "status": if database && keys { "ready" } else { "not ready" },
+        "database": if database { "up" } else { "down" },
+        "keys": if keys { "loaded" } else { "missing" },
+        "event_stream": stream_state(&state.replica),
+    }));
+    let code = if database && keys {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body).into_response()
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    state.metrics.record_pool(state.store.pool_status());
+    let replica = &state.replica;
+    state
+        .stream
+        .connected
+        .set(i64::from(replica.connected.load(Ordering::Relaxed)));
+    state
+        .stream
+        .last_sequence
+        .set(replica.last_sequence.load(Ordering::Relaxed));
+    let last = replica.last_event_time.load(Ordering::Relaxed);
+    if last > 0 {
+        state
+            .stream
+            .lag_seconds
+            .set((now_micros() - last).max(0) as f64 / 1e6);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
