@@ -1,19 +1,33 @@
-//! The whole blog backend in one process, for a local stack: each service's
-//! library runs on its own port, with SQLite under `./data` and a generated
-//! internal token they share (DESIGN §6). In production each service runs
-//! from its own binary instead.
+//! `blog`: the blog backend from one binary. With no arguments it runs the
+//! whole stack in one process, each service on its own port, with SQLite
+//! under `./data` and a generated internal token they share (DESIGN §6).
+//! `BLOG_SERVICES=auth` (or `posts`) runs one service only, which is how the
+//! container image runs either; `blog healthcheck` asks the selected services
+//! for their health, for container health checks.
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
-/// Settings of every service in the stack.
+/// The blog backend.
 #[derive(Debug, Parser)]
 #[command(
     name = "blog",
     version,
-    about = "Runs the blog backend (auth-service and posts-service) in one process"
+    about = "Runs the blog backend (auth-service and posts-service)"
 )]
-struct StackConfig {
+struct Cli {
+    /// What to do; serving is the default.
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Which services this process runs.
+    #[arg(
+        long,
+        env = "BLOG_SERVICES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "auth,posts"
+    )]
+    services: Vec<Service>,
     /// auth-service settings.
     #[command(flatten)]
     auth: auth_service::config::AuthConfig,
@@ -25,22 +39,45 @@ struct StackConfig {
     common: shared::config::CommonConfig,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+enum Command {
+    /// Serve until SIGTERM or SIGINT.
+    Serve,
+    /// Exit 0 if every selected service reports SERVING, 1 otherwise.
+    Healthcheck,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Service {
+    /// The auth-service.
+    Auth,
+    /// The posts-service.
+    Posts,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = StackConfig::parse();
-    shared::config::init_tracing(config.common.log_format);
+    let cli = Cli::parse();
+    let runs = |s| cli.services.contains(&s);
 
-    let auth = auth_service::Application::build(auth_service::Config {
-        auth: config.auth,
-        common: config.common.clone(),
-    })
-    .await?;
-    let posts = posts_service::Application::build(posts_service::Config {
-        posts: config.posts,
-        common: config.common,
-    })
-    .await?;
+    if cli.command == Some(Command::Healthcheck) {
+        let mut addrs = Vec::new();
+        if runs(Service::Auth) {
+            addrs.push(cli.auth.auth_listen_addr);
+        }
+        if runs(Service::Posts) {
+            addrs.push(cli.posts.posts_listen_addr);
+        }
+        for addr in addrs {
+            if let Err(e) = shared::server::healthcheck(addr).await {
+                eprintln!("unhealthy: {e}");
+                std::process::exit(1);
+            }
+        }
+        return Ok(());
+    }
 
+    shared::config::init_tracing(cli.common.log_format);
     // One signal stops every service; each lets its in-flight calls finish.
     let (stop, stopped) = watch::channel(false);
     let until_stopped = move || {
@@ -49,12 +86,28 @@ async fn main() -> anyhow::Result<()> {
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
-    let auth = tokio::spawn(auth.run(until_stopped()));
-    let posts = tokio::spawn(posts.run(until_stopped()));
+    let mut running = Vec::new();
+    if runs(Service::Auth) {
+        let auth = auth_service::Application::build(auth_service::Config {
+            auth: cli.auth,
+            common: cli.common.clone(),
+        })
+        .await?;
+        running.push(tokio::spawn(auth.run(until_stopped())));
+    }
+    if runs(Service::Posts) {
+        let posts = posts_service::Application::build(posts_service::Config {
+            posts: cli.posts,
+            common: cli.common,
+        })
+        .await?;
+        running.push(tokio::spawn(posts.run(until_stopped())));
+    }
 
     shared::server::shutdown_signal().await;
     let _ = stop.send(true);
-    posts.await??;
-    auth.await??;
+    for service in running.into_iter().rev() {
+        service.await??;
+    }
     Ok(())
 }

@@ -26,6 +26,11 @@ pub struct AuthConfig {
     /// address `AUTH_HTTP_ADDR` is bound to.
     #[arg(long, env = "AUTH_PUBLIC_URL", default_value = "http://127.0.0.1:8081")]
     pub auth_public_url: String,
+    /// An Ed25519 private key (PKCS#8 PEM, as `openssl genpkey -algorithm
+    /// ed25519` writes it) to sign with, e.g. a mounted secret. Unset: a key
+    /// is generated once and kept in the database.
+    #[arg(long, env = "SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<std::path::PathBuf>,
     /// Absolute lifetime of a session and its refresh tokens, in seconds.
     #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 30 * 24 * 60 * 60)]
     pub session_ttl_secs: u64,

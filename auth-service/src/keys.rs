@@ -44,6 +44,26 @@ impl KeyRing {
         Self::from_records(&records)
     }
 
+    /// Signs with the key in `pem_file`, and still publishes the keys in
+    /// `store` so tokens they signed keep verifying.
+    pub async fn from_file(pem_file: &std::path::Path, store: &dyn Store) -> Result<Self> {
+        let pem = std::fs::read_to_string(pem_file)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", pem_file.display()))?;
+        let seed = seed_from_pem(&pem).ok_or_else(|| {
+            anyhow::anyhow!("{} is not an Ed25519 PKCS#8 PEM key", pem_file.display())
+        })?;
+        let from_file = record(seed);
+        let mut records = vec![from_file.clone()];
+        records.extend(
+            store
+                .signing_keys()
+                .await?
+                .into_iter()
+                .filter(|r| r.kid != from_file.kid),
+        );
+        Self::from_records(&records)
+    }
+
     fn from_records(records: &[KeyRecord]) -> Result<Self> {
         let newest = records
             .first()
@@ -75,7 +95,26 @@ impl KeyRing {
 
 /// A fresh key pair with its RFC 7638 thumbprint as `kid`.
 pub fn generate() -> KeyRecord {
-    let seed = shared::secret::random_bytes::<32>();
+    record(shared::secret::random_bytes::<32>())
+}
+
+/// The 32-byte seed of a PKCS#8 v1 Ed25519 private key in PEM.
+fn seed_from_pem(pem: &str) -> Option<[u8; 32]> {
+    use base64::engine::general_purpose::STANDARD;
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| *l != "-----BEGIN PRIVATE KEY-----")
+        .skip(1)
+        .take_while(|l| *l != "-----END PRIVATE KEY-----")
+        .collect();
+    let der = STANDARD.decode(body).ok()?;
+    let seed = der.strip_prefix(&PKCS8_ED25519_PREFIX[..])?;
+    seed.try_into().ok()
+}
+
+/// The key pair of `seed`.
+fn record(seed: [u8; 32]) -> KeyRecord {
     let public_key = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
     KeyRecord {
         kid: thumbprint(&public_key),
@@ -117,6 +156,19 @@ mod tests {
         let kids: Vec<_> = ring.jwks().iter().map(|k| k.kid.as_str()).collect();
         assert_eq!(kids, [new.kid.as_str(), old.kid.as_str()]);
         assert_eq!(ring.jwks()[0].x.len(), 43);
+    }
+
+    #[test]
+    fn pkcs8_pem_keys_are_read_and_anything_else_refused() {
+        // RFC 8410 §10.3: the private key of the RFC 8032 test vector 1.
+        let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
+        let seed = seed_from_pem(pem).unwrap();
+        assert_eq!(seed[0], 0xd4);
+        assert_eq!(seed[31], 0x42);
+        assert!(
+            seed_from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----").is_none()
+        );
+        assert!(seed_from_pem("not a key").is_none());
     }
 
     #[test]

@@ -114,11 +114,11 @@ impl Application {
         )
         .await
         .context("opening the auth database")?;
-        let keys = Arc::new(
-            KeyRing::load_or_create(store.as_ref())
-                .await
-                .context("loading signing keys")?,
-        );
+        let keys = match &config.auth.signing_key_file {
+            Some(file) => KeyRing::from_file(file, store.as_ref()).await,
+            None => KeyRing::load_or_create(store.as_ref()).await,
+        };
+        let keys = Arc::new(keys.context("loading signing keys")?);
         let verifier = Arc::new(Verifier::new(
             &config.common.token_issuer,
             &config.common.token_audience,
@@ -133,11 +133,10 @@ impl Application {
             config.common.token_audience.clone(),
             config.common.access_token_ttl(),
         ));
-        let internal_token = shared::secret::internal_token(
-            config.common.internal_token.as_deref(),
-            &config.common.data_dir,
-        )
-        .context("reading the internal token")?;
+        let internal_token = config
+            .common
+            .internal_token()
+            .context("reading the internal token")?;
         let http_listener = TcpListener::bind(config.auth.auth_http_addr)
             .await
             .with_context(|| format!("binding {}", config.auth.auth_http_addr))?;

@@ -113,11 +113,10 @@ impl Application {
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let internal_token = shared::secret::internal_token(
-            config.common.internal_token.as_deref(),
-            &config.common.data_dir,
-        )
-        .context("reading the internal token")?;
+        let internal_token = config
+            .common
+            .internal_token()
+            .context("reading the internal token")?;
         let listener = TcpListener::bind(config.posts.posts_listen_addr)
             .await
             .with_context(|| format!("binding {}", config.posts.posts_listen_addr))?;

@@ -1,10 +1,24 @@
 //! `posts-service`: reads its settings and serves until SIGTERM or SIGINT.
+//! `posts-service healthcheck` instead asks the running service for its health
+//! (exit status 0 when serving), for container health checks.
 
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = posts_service::Config::parse();
+    let mut args: Vec<String> = std::env::args().collect();
+    let healthcheck = args.get(1).is_some_and(|a| a == "healthcheck");
+    if healthcheck {
+        args.remove(1);
+    }
+    let config = posts_service::Config::parse_from(args);
+    if healthcheck {
+        if let Err(e) = shared::server::healthcheck(config.posts.posts_listen_addr).await {
+            eprintln!("unhealthy: {e}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     shared::config::init_tracing(config.common.log_format);
     let app = posts_service::Application::build(config).await?;
     app.run(shared::server::shutdown_signal()).await

@@ -32,6 +32,10 @@ pub struct CommonConfig {
     /// generated once under the data directory, which suits a local stack only.
     #[arg(long, env = "INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: Option<String>,
+    /// A file holding the internal token (a mounted secret), used when
+    /// `INTERNAL_TOKEN` is unset.
+    #[arg(long, env = "INTERNAL_TOKEN_FILE")]
+    pub internal_token_file: Option<PathBuf>,
     /// Where local state lives (SQLite files, the generated internal token).
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -47,6 +51,24 @@ pub struct CommonConfig {
 }
 
 impl CommonConfig {
+    /// The internal token: `INTERNAL_TOKEN`, else the contents of
+    /// `INTERNAL_TOKEN_FILE`, else one generated under the data directory.
+    pub fn internal_token(&self) -> std::io::Result<String> {
+        if self.internal_token.is_none()
+            && let Some(path) = &self.internal_token_file
+        {
+            let token = std::fs::read_to_string(path)?.trim().to_owned();
+            if token.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            return Ok(token);
+        }
+        crate::secret::internal_token(self.internal_token.as_deref(), &self.data_dir)
+    }
+
     /// Tolerated clock skew.
     pub fn token_leeway(&self) -> Duration {
         Duration::from_secs(self.token_leeway_secs)

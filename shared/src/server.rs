@@ -91,3 +91,43 @@ pub async fn shutdown_signal() {
         () = terminate => tracing::info!("SIGTERM received, shutting down"),
     }
 }
+
+/// Asks the gRPC server at `addr` for its overall health: `Ok` only when it
+/// answers `SERVING` within a few seconds. An unspecified listen address
+/// (`0.0.0.0`, `::`) is checked on loopback. Used by `healthcheck`
+/// subcommands, so container health checks need no extra tool.
+pub async fn healthcheck(addr: std::net::SocketAddr) -> Result<(), String> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(|e| format!("health check failed: {}", e.message()))?
+            .into_inner()
+            .status();
+        if status == ServingStatus::Serving {
+            Ok(())
+        } else {
+            Err(format!("{addr} is {}", status.as_str_name()))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), check)
+        .await
+        .unwrap_or_else(|_| Err(format!("{addr} did not answer within 5 s")))
+}

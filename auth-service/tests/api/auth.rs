@@ -313,3 +313,51 @@ async fn a_token_issued_before_a_restart_still_verifies_after_it() {
     // And the refresh token survives too.
     refresh(&app, &tokens.refresh_token).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_signing_key_from_a_file_signs_and_is_published() {
+    use base64::engine::general_purpose::STANDARD;
+    let seed = [42u8; 32];
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend_from_slice(&seed);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("signing_key.pem");
+    std::fs::write(
+        &file,
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            STANDARD.encode(der)
+        ),
+    )
+    .unwrap();
+
+    let app = crate::helpers::spawn_app_with(testkit::TestDatabase::new("auth").await, |config| {
+        config.auth.signing_key_file = Some(file.clone());
+    })
+    .await;
+    let (_, _, tokens) = app.signed_up().await;
+    assert_eq!(get_me_status(&app, &tokens.access_token).await, Code::Ok);
+    let kid = jsonwebtoken::decode_header(&tokens.access_token)
+        .unwrap()
+        .kid
+        .unwrap();
+    let jwks = app
+        .auth
+        .clone()
+        .get_jwks(GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let key = jwks
+        .keys
+        .iter()
+        .find(|k| k.kid == kid)
+        .expect("the file's key is published");
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes();
+    assert_eq!(URL_SAFE_NO_PAD.decode(&key.x).unwrap(), public);
+}

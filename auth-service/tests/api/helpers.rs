@@ -75,6 +75,7 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
             // Empty: derived from the bound HTTP address, so avatar URLs
             // point at this very instance.
             auth_public_url: String::new(),
+            signing_key_file: None,
             session_ttl_secs: 30 * 24 * 3600,
             auth_db_acquire_timeout_secs: 5,
             mail: MailConfig {
@@ -98,6 +99,7 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
             token_leeway_secs: 5,
             access_token_ttl_secs: 900,
             internal_token: Some(INTERNAL_TOKEN.into()),
+            internal_token_file: None,
             data_dir: data_dir.clone(),
             reflection: true,
             request_timeout_secs: 30,

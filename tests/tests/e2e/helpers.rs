@@ -103,6 +103,7 @@ fn common_config() -> CommonConfig {
         token_leeway_secs: 5,
         access_token_ttl_secs: 900,
         internal_token: Some(format!("internal-{}", testkit::unique_id())),
+        internal_token_file: None,
         data_dir: std::env::temp_dir().join(format!("blog-e2e-{}", testkit::unique_id())),
         reflection: true,
         request_timeout_secs: 30,
@@ -125,6 +126,7 @@ pub async fn spawn_stack() -> Stack {
             auth_http_addr: "127.0.0.1:0".parse().unwrap(),
             auth_database_url: auth_db.url.clone(),
             auth_public_url: String::new(),
+            signing_key_file: None,
             session_ttl_secs: 30 * 24 * 3600,
             auth_db_acquire_timeout_secs: 5,
             mail: auth_service::config::MailConfig {

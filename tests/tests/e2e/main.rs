@@ -5,3 +5,4 @@ mod across;
 mod helpers;
 mod observe;
 mod posts;
+mod shutdown;
