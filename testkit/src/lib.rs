@@ -3,6 +3,7 @@
 //! database when `TEST_DATABASE_URL` is set), unique ids, and logs only when
 //! `TEST_LOG` is set; and an SMTP sink for mail tests.
 
+pub mod grpc;
 pub mod smtp;
 
 use std::sync::{Arc, Once};

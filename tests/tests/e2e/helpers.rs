@@ -15,7 +15,7 @@ use shared::{
 };
 use testkit::{TestDatabase, smtp::SmtpSink};
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{Request, Status, transport::Channel};
+use tonic::{Status, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -332,15 +332,6 @@ impl Stack {
     }
 }
 
-/// `message` with `authorization: Bearer <token>`.
-pub fn bearer<T>(token: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 /// Polls `condition` until it holds, failing after `within`.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
 where
@@ -359,24 +350,4 @@ where
     }
 }
 
-/// Asserts a call failed with `code` and exactly `message`.
-#[track_caller]
-pub fn assert_status<T: std::fmt::Debug>(
-    result: Result<T, Status>,
-    code: tonic::Code,
-    message: &str,
-) -> Status {
-    let status = result.expect_err("the call must fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(status.message(), message, "{status:?}");
-    status
-}
-
-/// The field names of a status's `BadRequest` violations.
-pub fn violated_fields(status: &Status) -> Vec<String> {
-    use tonic_types::StatusExt;
-    status
-        .get_details_bad_request()
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
+pub use testkit::grpc::{assert_status, bearer, violated_fields};
