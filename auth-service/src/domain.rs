@@ -1,7 +1,7 @@
 //! The account fields, parsed once at the edge into types that cannot hold a
 //! bad value (DESIGN §3 "Rules"). Lengths count Unicode characters.
 
-use std::fmt;
+use std::{collections::HashSet, fmt, sync::LazyLock};
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -78,16 +78,30 @@ impl Email {
     }
 }
 
+/// The most common passwords of 8 characters or more, lowercased.
+static COMMON_PASSWORDS: LazyLock<HashSet<String>> = LazyLock::new(|| {
+    include_str!("../data/common-passwords.txt")
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+});
+
 /// A password: 8-128 characters, used exactly as given, never logged.
 pub struct Password(SecretString);
 
 impl Password {
-    /// Checks the length of `raw`; nothing is trimmed or altered.
+    /// Checks the length of `raw` and that it is not one of the most common
+    /// passwords (in any case); nothing is trimmed or altered. No
+    /// composition rules: length and rarity are what resist guessing.
     pub fn parse(raw: String) -> Result<Self, &'static str> {
         let len = raw.chars().count();
         let secret = SecretString::from(raw);
         if !(8..=128).contains(&len) {
             return Err("must be 8-128 characters");
+        }
+        if COMMON_PASSWORDS.contains(secret.expose_secret().to_lowercase().as_str()) {
+            return Err("is one of the most common passwords; choose one that is harder to guess");
         }
         Ok(Self(secret))
     }
@@ -151,6 +165,22 @@ mod tests {
         assert_eq!(long.len(), 120);
         assert!(Email::parse(&long).is_ok());
         assert!(Email::parse(&format!("a{long}")).is_err());
+    }
+
+    #[test]
+    fn the_most_common_passwords_are_refused_in_any_case() {
+        assert!(COMMON_PASSWORDS.len() > 10_000);
+        for common in [
+            "password",
+            "12345678",
+            "iloveyou",
+            "PassWord1",
+            "QWERTYUIOP",
+            "football1",
+        ] {
+            assert!(Password::parse(common.into()).is_err(), "{common} accepted");
+        }
+        assert!(Password::parse("correct horse battery".into()).is_ok());
     }
 
     #[test]

@@ -361,3 +361,23 @@ async fn a_signing_key_from_a_file_signs_and_is_published() {
         .to_bytes();
     assert_eq!(URL_SAFE_NO_PAD.decode(&key.x).unwrap(), public);
 }
+
+#[tokio::test]
+async fn a_common_password_is_refused_as_a_new_password() {
+    let app = spawn_app().await;
+    let (user, _, tokens) = app.signed_up().await;
+    let status = app
+        .auth
+        .clone()
+        .change_password(bearer(
+            &tokens.access_token,
+            ChangePasswordRequest {
+                current_password: user.password.clone(),
+                new_password: "password1".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["new_password"]);
+    app.login(&user.username, &user.password).await.unwrap();
+}

@@ -451,3 +451,18 @@ async fn delete_me_needs_the_password_and_ends_the_account() {
     // The name is free again.
     app.create_user(&user).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_common_password_is_refused_at_registration() {
+    let app = spawn_app().await;
+    for password in ["iloveyou", "Password1", "qwertyuiop"] {
+        let user = TestUser {
+            password: password.into(),
+            ..TestUser::generate()
+        };
+        let status = app.create_user(&user).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(violated_fields(&status), ["password"]);
+    }
+    assert_eq!(app.count_users().await, 0);
+}
