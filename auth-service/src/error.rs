@@ -4,6 +4,7 @@
 
 use shared::status::{self, FieldErrors};
 use tonic::Status;
+use tonic_types::StatusExt;
 
 /// Everything that can go wrong while serving a call.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,9 @@ pub enum Error {
     /// Login with an unknown account or a wrong password.
     #[error("bad credentials")]
     BadCredentials,
+    /// Too many failed logins: try again after this long.
+    #[error("login throttled")]
+    Throttled(std::time::Duration),
     /// A refresh token that is unknown, used, or past its session's end.
     #[error("invalid refresh token")]
     InvalidRefreshToken,
@@ -82,6 +86,20 @@ impl From<Error> for Status {
             Error::InvalidToken => status::invalid_token(),
             Error::BadCredentials => {
                 Status::unauthenticated("Incorrect username/email or password")
+            }
+            Error::Throttled(wait) => {
+                // Whole seconds, rounded up, so a client never retries early.
+                let wait = std::time::Duration::from_secs(
+                    wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                );
+                Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    format!(
+                        "Too many failed login attempts; try again in {} s",
+                        wait.as_secs()
+                    ),
+                    tonic_types::ErrorDetails::with_retry_info(Some(wait)),
+                )
             }
             Error::InvalidRefreshToken => {
                 Status::unauthenticated("Invalid or expired refresh token")

@@ -7,6 +7,7 @@
 //! - [`keys`]: signing keys, stored, loaded and published as JWKS.
 //! - [`tokens`]: issuing access tokens.
 //! - [`sessions`]: login, refresh rotation, logout, live-session checks.
+//! - [`throttle`]: growing delays after failed logins.
 //! - [`events`]: the outbox's change records and the `WatchUserEvents` stream.
 //! - [`resets`] and [`mail`]: password reset by mail.
 //! - [`images`] and [`avatars`]: profile pictures, processed and stored.
@@ -32,6 +33,7 @@ pub mod resets;
 pub mod service;
 pub mod sessions;
 pub mod store;
+pub mod throttle;
 pub mod tokens;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -63,6 +65,7 @@ use crate::{
     resets::PasswordResets,
     sessions::SessionManager,
     store::Store,
+    throttle::LoginThrottle,
     tokens::AccessTokens,
 };
 
@@ -88,6 +91,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Failed logins (unknown account or wrong password).
     pub login_failures: Counter,
+    /// Delays after failed logins.
+    pub throttle: LoginThrottle,
 }
 
 /// A built, bound, not yet serving auth-service.
@@ -175,6 +180,7 @@ impl Application {
         let state = Arc::new(AppState {
             metrics: Arc::new(metrics),
             login_failures,
+            throttle: LoginThrottle::default(),
             sessions: SessionManager::new(store.clone(), tokens.clone(), config.auth.session_ttl()),
             store,
             passwords: Passwords::new(),

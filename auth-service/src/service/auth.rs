@@ -1,6 +1,6 @@
 //! `blog.auth.v1.AuthService`.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use tonic::{Request, Response, Status};
 
@@ -18,6 +18,7 @@ use crate::{
     domain::{Email, Password},
     error::Error,
     store::Sessions,
+    throttle::Attempt,
 };
 
 /// Handlers of `AuthService`.
@@ -46,6 +47,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<TokenResponse>, Status> {
+        let address = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
         let mut errors = FieldErrors::default();
         required(
@@ -61,6 +63,19 @@ impl AuthService for AuthApi {
             .store
             .user_by_login(&request.username_or_email)
             .await?;
+        let attempt = Attempt {
+            account: match &user {
+                Some(user) => format!("user:{}", user.id),
+                None => format!("login:{}", request.username_or_email.trim().to_lowercase()),
+            },
+            address,
+        };
+        // Refused before any hashing: a throttled guesser costs nothing.
+        self.state
+            .throttle
+            .check(&attempt, Instant::now())
+            .map_err(Error::Throttled)?;
+
         let password = Password::presented(request.password);
         // Unknown accounts are verified against a dummy hash: same answer,
         // same time as a wrong password.
@@ -72,11 +87,13 @@ impl AuthService for AuthApi {
         let user = match user {
             Some(user) if verified => user,
             _ => {
+                self.state.throttle.failed(&attempt, Instant::now());
                 self.state.login_failures.inc();
                 tracing::info!("login failed");
                 return Err(Error::BadCredentials.into());
             }
         };
+        self.state.throttle.succeeded(&attempt);
         let tokens = self.state.sessions.start(user.id, &user.username).await?;
         tracing::info!(user_id = user.id, "logged in");
         Ok(Response::new(tokens))

@@ -381,3 +381,39 @@ async fn a_common_password_is_refused_as_a_new_password() {
     assert_eq!(violated_fields(&status), ["new_password"]);
     app.login(&user.username, &user.password).await.unwrap();
 }
+
+#[tokio::test]
+async fn repeated_failed_logins_are_throttled_with_a_retry_delay() {
+    use tonic_types::StatusExt;
+    let app = spawn_app().await;
+    let (user, _, _) = app.signed_up().await;
+    for _ in 0..6 {
+        assert_status(
+            app.login(&user.username, "not the password").await,
+            Code::Unauthenticated,
+            BAD_LOGIN,
+        );
+    }
+    // Throttled now, even with the right password, and by email too.
+    for login in [&user.username, &user.email] {
+        let status = app.login(login, &user.password).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        let retry = status.get_details_retry_info().expect("a RetryInfo detail");
+        assert_eq!(retry.retry_delay, Some(std::time::Duration::from_secs(1)));
+    }
+    // Unknown accounts are throttled the same way, revealing nothing.
+    for _ in 0..6 {
+        assert_status(
+            app.login("nobody-here", "not the password").await,
+            Code::Unauthenticated,
+            BAD_LOGIN,
+        );
+    }
+    assert_eq!(
+        app.login("nobody-here", "x").await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    app.login(&user.username, &user.password).await.unwrap();
+}
