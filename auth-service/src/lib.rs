@@ -46,7 +46,7 @@ use tonic::{server::NamedService, service::interceptor::InterceptedService};
 use prometheus_client::metrics::counter::Counter;
 use shared::{
     AuthInterceptor,
-    observe::{Metrics, ObserveLayer},
+    observe::Metrics,
     proto::auth::{
         auth_service_server::AuthServiceServer, user_event_service_server::UserEventServiceServer,
         user_service_server::UserServiceServer,
@@ -252,8 +252,7 @@ impl Application {
             state.shutdown.clone(),
         ));
 
-        let router = server::builder(config.common.request_timeout())
-            .layer(ObserveLayer::new(state.metrics.clone()))
+        let router = server::builder(&config.common, state.metrics.clone())
             .add_service(health_service)
             .add_service(InterceptedService::new(
                 UserServiceServer::new(service::UsersApi::new(state.clone()))

@@ -32,12 +32,13 @@ use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
+    service::interceptor::InterceptedService,
     transport::{Channel, Endpoint},
 };
 
 use shared::{
     AuthInterceptor,
-    observe::{Metrics, ObserveLayer},
+    observe::Metrics,
     proto::{
         auth::{
             auth_service_client::AuthServiceClient,
@@ -56,6 +57,9 @@ use crate::{
     revocations::Revocations,
     store::{Store, now_micros},
 };
+
+/// The largest request message accepted, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// A built, bound, not yet serving posts-service.
 pub struct Application {
@@ -240,11 +244,13 @@ impl Application {
             .with_revocations(revocations)
             .with_unknown_key_notify(unknown_kid)
             .with_metrics(metrics.clone());
-        let router = server::builder(config.common.request_timeout())
-            .layer(ObserveLayer::new(metrics))
+        let router = server::builder(&config.common, metrics)
             .add_service(health_service)
-            .add_service(PostServiceServer::with_interceptor(
-                service::PostsApi::new(store),
+            .add_service(InterceptedService::new(
+                PostServiceServer::new(service::PostsApi::new(store))
+                    // The largest valid request (a 20,000-character post of
+                    // 4-byte characters) is about 80 KB.
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
                 interceptor,
             ));
         let router = server::with_reflection(

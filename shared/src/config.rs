@@ -45,6 +45,14 @@ pub struct CommonConfig {
     /// Longest time one call may take, in seconds.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Most calls served at once by this process; beyond it calls are
+    /// refused at once with RESOURCE_EXHAUSTED rather than queued.
+    #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 1024)]
+    pub max_concurrent_calls: usize,
+    /// Connections are closed (gracefully) after this many seconds, so
+    /// clients rebalance across replicas.
+    #[arg(long, env = "MAX_CONNECTION_AGE_SECS", default_value_t = 1800)]
+    pub max_connection_age_secs: u64,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,

@@ -2,29 +2,62 @@
 //! health, reflection (v1 and v1alpha, for grpcurl of every age), logging and
 //! the shutdown signal.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tonic::transport::{
     Server,
     server::{Router, TcpIncoming},
 };
+use tower::{
+    ServiceBuilder,
+    layer::util::{Identity, Stack},
+    limit::GlobalConcurrencyLimitLayer,
+    load_shed::LoadShedLayer,
+};
 
-use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::{
+    config::CommonConfig,
+    observe::{Metrics, ObserveLayer},
+    proto::FILE_DESCRIPTOR_SET,
+};
 
-/// A tonic server with the limits every service here runs under: a bounded
-/// number of streams per connection, keepalive that notices dead peers, and
-/// a per-call timeout so nothing holds resources forever.
-pub fn builder(request_timeout: Duration) -> Server {
+/// Most concurrent HTTP/2 streams (calls) one connection may open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Most bytes of request headers (metadata) accepted.
+pub const MAX_HEADER_BYTES: u32 = 16 * 1024;
+
+/// The layers every server here puts around its services: observation
+/// outermost (so refused calls are counted too), then a process-wide bound
+/// on calls in flight that sheds load instead of queueing it.
+pub type Layers = Stack<
+    ServiceBuilder<Stack<GlobalConcurrencyLimitLayer, Stack<LoadShedLayer, Identity>>>,
+    Stack<ObserveLayer, Identity>,
+>;
+
+/// A tonic server with the limits every service here runs under: bounded
+/// streams per connection and calls per process (excess refused at once
+/// with RESOURCE_EXHAUSTED), bounded metadata, reset-stream floods cut off,
+/// keepalive that notices dead peers, connections recycled after
+/// `MAX_CONNECTION_AGE_SECS`, and a per-call timeout.
+pub fn builder(config: &CommonConfig, metrics: Arc<Metrics>) -> Server<Layers> {
     Server::builder()
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+        .load_shed(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .http2_max_pending_accept_reset_streams(Some(64))
         .http2_max_local_error_reset_streams(Some(256))
-        .http2_max_header_list_size(16 * 1024)
+        .http2_max_header_list_size(MAX_HEADER_BYTES)
+        .max_connection_age(Duration::from_secs(config.max_connection_age_secs))
+        .max_connection_age_grace(Duration::from_secs(30))
         .tcp_nodelay(true)
-        .timeout(request_timeout)
+        .timeout(config.request_timeout())
+        .layer(ObserveLayer::new(metrics))
+        .layer(ServiceBuilder::new().layer(LoadShedLayer::new()).layer(
+            GlobalConcurrencyLimitLayer::new(config.max_concurrent_calls.max(1)),
+        ))
 }
 
 /// Adds reflection (v1 and v1alpha) for the whole contract plus

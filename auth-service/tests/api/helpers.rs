@@ -103,6 +103,8 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
             data_dir: data_dir.clone(),
             reflection: true,
             request_timeout_secs: 30,
+            max_concurrent_calls: 1024,
+            max_connection_age_secs: 1800,
             log_format: LogFormat::Human,
         },
     };

@@ -5,6 +5,7 @@ mod auth;
 mod avatars;
 mod events;
 mod helpers;
+mod limits;
 mod reset;
 mod store;
 mod users;

@@ -107,6 +107,8 @@ fn common_config() -> CommonConfig {
         data_dir: std::env::temp_dir().join(format!("blog-e2e-{}", testkit::unique_id())),
         reflection: true,
         request_timeout_secs: 30,
+        max_concurrent_calls: 1024,
+        max_connection_age_secs: 1800,
         log_format: LogFormat::Human,
     }
 }

@@ -364,3 +364,26 @@ async fn page_sizes_default_to_ten_and_cap_at_a_hundred() {
     assert_eq!(list(&stack, 0, "", 0).await.unwrap().posts.len(), 10);
     assert_eq!(list(&stack, 1000, "", 0).await.unwrap().posts.len(), 12);
 }
+
+#[tokio::test]
+async fn a_post_request_over_256_kib_is_refused_before_it_is_read() {
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    let status = stack
+        .create_post(&alice, "big", &"x".repeat(300 * 1024))
+        .await
+        .unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+    assert_ne!(
+        status.code(),
+        Code::InvalidArgument,
+        "it should not even be decoded: {status:?}"
+    );
+    assert_eq!(list(&stack, 0, "", 0).await.unwrap().total_size, 0);
+    // Just under the limit is decoded and refused by validation instead.
+    let status = stack
+        .create_post(&alice, "big", &"x".repeat(200 * 1024))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["content"]);
+}
