@@ -88,6 +88,8 @@ pub struct Stack {
     pub posts: PostServiceClient<Channel>,
     /// The posts-service's database, kept for restarts.
     posts_db: TestDatabase,
+    /// The auth-service's internals (its signing key, for forged tokens).
+    pub auth_state: std::sync::Arc<auth_service::AppState>,
     /// The auth-service's database.
     _auth_db: TestDatabase,
     /// Settings both services were started with.
@@ -150,6 +152,7 @@ pub async fn spawn_stack() -> Stack {
     })
     .await
     .expect("building the auth-service");
+    let auth_state = auth.state();
     let auth_service = Running::spawn(auth.local_addr(), auth.http_addr(), |stopped| {
         auth.run(async {
             let _ = stopped.await;
@@ -165,6 +168,7 @@ pub async fn spawn_stack() -> Stack {
         auth_service,
         posts_service,
         posts_db,
+        auth_state,
         _auth_db: auth_db,
         common,
         mail,

@@ -2,7 +2,9 @@
 //! own database (SQLite, or PostgreSQL when `TEST_DATABASE_URL` is set).
 
 mod across;
+mod attacks;
 mod helpers;
 mod observe;
 mod posts;
+mod races;
 mod shutdown;
