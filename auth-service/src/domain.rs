@@ -198,3 +198,39 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn usernames_parse_to_trimmed_bounded_names(raw in any::<String>()) {
+            if let Ok(name) = Username::parse(&raw) {
+                let len = name.as_str().chars().count();
+                prop_assert!((1..=50).contains(&len));
+                prop_assert_eq!(name.as_str(), raw.trim());
+                prop_assert!(!name.as_str().contains('@'));
+            }
+        }
+
+        #[test]
+        fn emails_parse_to_lowercase_bounded_addresses(raw in any::<String>()) {
+            if let Ok(email) = Email::parse(&raw) {
+                prop_assert!(email.as_str().chars().count() <= 120);
+                prop_assert_eq!(email.as_str(), raw.trim().to_lowercase());
+                prop_assert!(email.as_str().contains('@'));
+            }
+        }
+
+        #[test]
+        fn passwords_are_kept_exactly(raw in any::<String>()) {
+            if let Ok(password) = Password::parse(raw.clone()) {
+                prop_assert_eq!(password.expose(), raw.as_str());
+                prop_assert!((8..=128).contains(&raw.chars().count()));
+            }
+        }
+    }
+}

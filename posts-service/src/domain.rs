@@ -169,3 +169,42 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn page_tokens_decode_arbitrary_input_without_panicking(raw in any::<String>(), author in any::<i64>()) {
+            let _ = PageToken::decode(&raw, author);
+        }
+
+        #[test]
+        fn page_tokens_round_trip(create_time in 0i64.., id in 1i64.., author_id in 0i64..) {
+            let token = PageToken { create_time, id, author_id };
+            prop_assert_eq!(PageToken::decode(&token.encode(), author_id), Ok(token));
+        }
+
+        #[test]
+        fn titles_and_contents_hold_their_rules(raw in any::<String>()) {
+            if let Ok(title) = Title::parse(raw.clone()) {
+                prop_assert!(title.as_str().chars().count() <= 100 && !title.as_str().trim().is_empty());
+                prop_assert_eq!(title.as_str(), raw.as_str());
+            }
+            if let Ok(content) = Content::parse(raw.clone()) {
+                prop_assert!(content.as_str().chars().count() <= 20_000 && !content.as_str().trim().is_empty());
+            }
+        }
+
+        #[test]
+        fn page_sizes_are_within_bounds(raw in any::<i32>()) {
+            match page_size(raw) {
+                Ok(size) => prop_assert!((1..=MAX_PAGE_SIZE).contains(&size)),
+                Err(_) => prop_assert!(raw < 0),
+            }
+        }
+    }
+}
