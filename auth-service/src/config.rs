@@ -37,6 +37,17 @@ pub struct AuthConfig {
     /// Longest wait for a database connection before answering UNAVAILABLE.
     #[arg(long, env = "AUTH_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
     pub auth_db_acquire_timeout_secs: u64,
+    /// Certificate chain (PEM) for TLS on the gRPC port; with
+    /// `AUTH_TLS_KEY_FILE`, the port speaks TLS only.
+    #[arg(long, env = "AUTH_TLS_CERT_FILE")]
+    pub auth_tls_cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM) for `AUTH_TLS_CERT_FILE`.
+    #[arg(long, env = "AUTH_TLS_KEY_FILE")]
+    pub auth_tls_key_file: Option<std::path::PathBuf>,
+    /// CA (PEM) whose client certificates are required: mutual TLS, e.g.
+    /// so that only the posts-service can reach the internal event stream.
+    #[arg(long, env = "AUTH_TLS_CLIENT_CA_FILE")]
+    pub auth_tls_client_ca_file: Option<std::path::PathBuf>,
     /// Mail settings.
     #[command(flatten)]
     pub mail: MailConfig,
@@ -113,6 +124,15 @@ impl AuthConfig {
     /// Absolute lifetime of a session.
     pub fn session_ttl(&self) -> Duration {
         Duration::from_secs(self.session_ttl_secs)
+    }
+
+    /// The gRPC port's TLS files.
+    pub fn tls(&self) -> shared::config::ServerTlsFiles {
+        shared::config::ServerTlsFiles {
+            cert: self.auth_tls_cert_file.clone(),
+            key: self.auth_tls_key_file.clone(),
+            client_ca: self.auth_tls_client_ca_file.clone(),
+        }
     }
 
     /// How long a password-reset link works.

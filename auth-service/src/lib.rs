@@ -252,7 +252,8 @@ impl Application {
             state.shutdown.clone(),
         ));
 
-        let router = server::builder(&config.common, state.metrics.clone())
+        let tls = config.auth.tls().load().context("reading the TLS files")?;
+        let router = server::builder(&config.common, state.metrics.clone(), tls)?
             .add_service(health_service)
             .add_service(InterceptedService::new(
                 UserServiceServer::new(service::UsersApi::new(state.clone()))

@@ -29,6 +29,22 @@ pub struct PostsConfig {
         default_value = "http://127.0.0.1:50051"
     )]
     pub auth_service_url: String,
+    /// CA (PEM) that signed the auth-service's certificate, for an
+    /// `https://` `AUTH_SERVICE_URL`.
+    #[arg(long, env = "AUTH_SERVICE_CA_FILE")]
+    pub auth_service_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) presented to the auth-service (mutual TLS).
+    #[arg(long, env = "POSTS_CLIENT_CERT_FILE")]
+    pub posts_client_cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM) of `POSTS_CLIENT_CERT_FILE`.
+    #[arg(long, env = "POSTS_CLIENT_KEY_FILE")]
+    pub posts_client_key_file: Option<std::path::PathBuf>,
+    /// Certificate chain (PEM) for TLS on the gRPC port.
+    #[arg(long, env = "POSTS_TLS_CERT_FILE")]
+    pub posts_tls_cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM) for `POSTS_TLS_CERT_FILE`.
+    #[arg(long, env = "POSTS_TLS_KEY_FILE")]
+    pub posts_tls_key_file: Option<std::path::PathBuf>,
     /// How often the auth-service's public keys are refetched, in seconds.
     #[arg(long, env = "JWKS_REFRESH_SECS", default_value_t = 300)]
     pub jwks_refresh_secs: u64,
@@ -54,6 +70,36 @@ pub struct Config {
 }
 
 impl PostsConfig {
+    /// The gRPC port's TLS files.
+    pub fn tls(&self) -> shared::config::ServerTlsFiles {
+        shared::config::ServerTlsFiles {
+            cert: self.posts_tls_cert_file.clone(),
+            key: self.posts_tls_key_file.clone(),
+            client_ca: None,
+        }
+    }
+
+    /// TLS for the link to the auth-service, when its URL is `https://`.
+    pub fn auth_client_tls(&self) -> std::io::Result<Option<tonic::transport::ClientTlsConfig>> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        if !self.auth_service_url.starts_with("https://") {
+            return Ok(None);
+        }
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.auth_service_ca_file {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(std::fs::read(ca)?)),
+            None => tls.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.posts_client_cert_file, &self.posts_client_key_file)
+        {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(cert)?,
+                std::fs::read(key)?,
+            ));
+        }
+        Ok(Some(tls))
+    }
+
     /// How often keys are refetched.
     pub fn jwks_refresh(&self) -> Duration {
         Duration::from_secs(self.jwks_refresh_secs)

@@ -110,8 +110,16 @@ impl Application {
             window,
         );
 
-        let auth = Endpoint::from_shared(config.posts.auth_service_url.clone())
-            .context("AUTH_SERVICE_URL")?
+        let mut auth = Endpoint::from_shared(config.posts.auth_service_url.clone())
+            .context("AUTH_SERVICE_URL")?;
+        if let Some(tls) = config
+            .posts
+            .auth_client_tls()
+            .context("reading the TLS files")?
+        {
+            auth = auth.tls_config(tls).context("TLS to the auth-service")?;
+        }
+        let auth = auth
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
@@ -244,7 +252,8 @@ impl Application {
             .with_revocations(revocations)
             .with_unknown_key_notify(unknown_kid)
             .with_metrics(metrics.clone());
-        let router = server::builder(&config.common, metrics)
+        let tls = config.posts.tls().load().context("reading the TLS files")?;
+        let router = server::builder(&config.common, metrics, tls)?
             .add_service(health_service)
             .add_service(InterceptedService::new(
                 PostServiceServer::new(service::PostsApi::new(store))

@@ -93,6 +93,40 @@ impl CommonConfig {
     }
 }
 
+/// PEM files that make a server speak TLS, and optionally demand client
+/// certificates (mutual TLS).
+#[derive(Debug, Clone, Default)]
+pub struct ServerTlsFiles {
+    /// The server's certificate chain.
+    pub cert: Option<PathBuf>,
+    /// The server's private key.
+    pub key: Option<PathBuf>,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl ServerTlsFiles {
+    /// The TLS settings, or `None` for plaintext.
+    pub fn load(&self) -> std::io::Result<Option<tonic::transport::ServerTlsConfig>> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let (cert, key) = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => (std::fs::read(cert)?, std::fs::read(key)?),
+            (None, None) => return Ok(None),
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a TLS certificate needs its key, and a key its certificate",
+                ));
+            }
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &self.client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
+        }
+        Ok(Some(tls))
+    }
+}
+
 /// Starts the global `tracing` subscriber: `RUST_LOG` filters (default
 /// `info`), lines in `format`. Calling it again is harmless.
 pub fn init_tracing(format: LogFormat) {

@@ -39,9 +39,18 @@ pub type Layers = Stack<
 /// streams per connection and calls per process (excess refused at once
 /// with RESOURCE_EXHAUSTED), bounded metadata, reset-stream floods cut off,
 /// keepalive that notices dead peers, connections recycled after
-/// `MAX_CONNECTION_AGE_SECS`, and a per-call timeout.
-pub fn builder(config: &CommonConfig, metrics: Arc<Metrics>) -> Server<Layers> {
-    Server::builder()
+/// `MAX_CONNECTION_AGE_SECS`, and a per-call timeout. With `tls`, it speaks
+/// TLS only (and demands client certificates if the settings say so).
+pub fn builder(
+    config: &CommonConfig,
+    metrics: Arc<Metrics>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<Server<Layers>, tonic::transport::Error> {
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    Ok(server
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .load_shed(true)
@@ -57,7 +66,7 @@ pub fn builder(config: &CommonConfig, metrics: Arc<Metrics>) -> Server<Layers> {
         .layer(ObserveLayer::new(metrics))
         .layer(ServiceBuilder::new().layer(LoadShedLayer::new()).layer(
             GlobalConcurrencyLimitLayer::new(config.max_concurrent_calls.max(1)),
-        ))
+        )))
 }
 
 /// Adds reflection (v1 and v1alpha) for the whole contract plus

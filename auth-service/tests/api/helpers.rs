@@ -76,6 +76,9 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
             // point at this very instance.
             auth_public_url: String::new(),
             signing_key_file: None,
+            auth_tls_cert_file: None,
+            auth_tls_key_file: None,
+            auth_tls_client_ca_file: None,
             session_ttl_secs: 30 * 24 * 3600,
             auth_db_acquire_timeout_secs: 5,
             mail: MailConfig {

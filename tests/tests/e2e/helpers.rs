@@ -98,7 +98,7 @@ pub struct Stack {
     pub mail: SmtpSink,
 }
 
-fn common_config() -> CommonConfig {
+pub fn common_config() -> CommonConfig {
     CommonConfig {
         token_issuer: "blog-auth".into(),
         token_audience: "blog".into(),
@@ -124,34 +124,9 @@ pub async fn spawn_stack() -> Stack {
     let mail = SmtpSink::start().await;
     let posts_db = TestDatabase::new("posts").await;
 
-    let auth = auth_service::Application::build(auth_service::Config {
-        auth: auth_service::config::AuthConfig {
-            auth_listen_addr: "127.0.0.1:0".parse().unwrap(),
-            auth_http_addr: "127.0.0.1:0".parse().unwrap(),
-            auth_database_url: auth_db.url.clone(),
-            auth_public_url: String::new(),
-            signing_key_file: None,
-            session_ttl_secs: 30 * 24 * 3600,
-            auth_db_acquire_timeout_secs: 5,
-            mail: auth_service::config::MailConfig {
-                smtp_url: Some(mail.url.clone()),
-                mail_from: "Blog <no-reply@blog.test>".into(),
-                frontend_url: "http://frontend.test".into(),
-                password_reset_ttl_secs: 3600,
-            },
-            avatars: auth_service::config::AvatarConfig {
-                avatar_s3_bucket: None,
-                avatar_s3_region: "us-east-1".into(),
-                avatar_s3_endpoint: None,
-                avatar_s3_access_key_id: None,
-                avatar_s3_secret_access_key: None,
-                avatar_s3_public_url: None,
-            },
-        },
-        common: common.clone(),
-    })
-    .await
-    .expect("building the auth-service");
+    let auth = auth_service::Application::build(auth_config(&auth_db, &mail, &common))
+        .await
+        .expect("building the auth-service");
     let auth_state = auth.state();
     let auth_service = Running::spawn(auth.local_addr(), auth.http_addr(), |stopped| {
         auth.run(async {
@@ -205,20 +180,39 @@ pub async fn health(addr: SocketAddr) -> ServingStatus {
     }
 }
 
-async fn start_posts(db: &TestDatabase, auth_addr: SocketAddr, common: &CommonConfig) -> Running {
-    let posts = posts_service::Application::build(posts_service::Config {
+/// The posts-service's settings for a test, on port 0.
+pub fn posts_config(
+    db: &TestDatabase,
+    auth_url: String,
+    common: &CommonConfig,
+) -> posts_service::Config {
+    posts_service::Config {
         posts: posts_service::config::PostsConfig {
             posts_listen_addr: "127.0.0.1:0".parse().unwrap(),
             posts_http_addr: "127.0.0.1:0".parse().unwrap(),
             posts_database_url: db.url.clone(),
-            auth_service_url: format!("http://{auth_addr}"),
+            auth_service_url: auth_url,
             jwks_refresh_secs: 300,
+            auth_service_ca_file: None,
+            posts_client_cert_file: None,
+            posts_client_key_file: None,
+            posts_tls_cert_file: None,
+            posts_tls_key_file: None,
             posts_db_acquire_timeout_secs: 5,
         },
         common: common.clone(),
-    })
-    .await
-    .expect("building the posts-service");
+    }
+}
+
+async fn start_posts(db: &TestDatabase, auth_addr: SocketAddr, common: &CommonConfig) -> Running {
+    start_posts_with(posts_config(db, format!("http://{auth_addr}"), common)).await
+}
+
+/// Starts a posts-service with `config`.
+pub async fn start_posts_with(config: posts_service::Config) -> Running {
+    let posts = posts_service::Application::build(config)
+        .await
+        .expect("building the posts-service");
     Running::spawn(posts.local_addr(), posts.http_addr(), |stopped| {
         posts.run(async {
             let _ = stopped.await;
@@ -232,6 +226,59 @@ async fn channel(addr: SocketAddr) -> Channel {
         .connect()
         .await
         .expect("connecting")
+}
+
+/// The auth-service's settings for a test, on port 0.
+pub fn auth_config(
+    db: &TestDatabase,
+    mail: &SmtpSink,
+    common: &CommonConfig,
+) -> auth_service::Config {
+    auth_service::Config {
+        auth: auth_service::config::AuthConfig {
+            auth_listen_addr: "127.0.0.1:0".parse().unwrap(),
+            auth_http_addr: "127.0.0.1:0".parse().unwrap(),
+            auth_database_url: db.url.clone(),
+            auth_public_url: String::new(),
+            signing_key_file: None,
+            auth_tls_cert_file: None,
+            auth_tls_key_file: None,
+            auth_tls_client_ca_file: None,
+            session_ttl_secs: 30 * 24 * 3600,
+            auth_db_acquire_timeout_secs: 5,
+            mail: auth_service::config::MailConfig {
+                smtp_url: Some(mail.url.clone()),
+                mail_from: "Blog <no-reply@blog.test>".into(),
+                frontend_url: "http://frontend.test".into(),
+                password_reset_ttl_secs: 3600,
+            },
+            avatars: auth_service::config::AvatarConfig {
+                avatar_s3_bucket: None,
+                avatar_s3_region: "us-east-1".into(),
+                avatar_s3_endpoint: None,
+                avatar_s3_access_key_id: None,
+                avatar_s3_secret_access_key: None,
+                avatar_s3_public_url: None,
+            },
+        },
+        common: common.clone(),
+    }
+}
+
+/// Starts an auth-service with `config`; returns it and its state.
+pub async fn start_auth_with(
+    config: auth_service::Config,
+) -> (Running, std::sync::Arc<auth_service::AppState>) {
+    let auth = auth_service::Application::build(config)
+        .await
+        .expect("building the auth-service");
+    let state = auth.state();
+    let running = Running::spawn(auth.local_addr(), auth.http_addr(), |stopped| {
+        auth.run(async {
+            let _ = stopped.await;
+        })
+    });
+    (running, state)
 }
 
 /// A user with unique credentials.

@@ -8,3 +8,4 @@ mod observe;
 mod posts;
 mod races;
 mod shutdown;
+mod tls;
