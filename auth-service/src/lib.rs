@@ -292,12 +292,15 @@ impl Application {
         tracing::info!(%addr, %http_addr, reflection = config.common.reflection, "auth-service listening");
         let stopping = state.shutdown.clone();
         router
-            .serve_with_incoming_shutdown(server::incoming(listener), async move {
-                shutdown.await;
-                // End event streams so that the graceful stop does not wait
-                // for subscribers that never hang up.
-                stopping.cancel();
-            })
+            .serve_with_incoming_shutdown(
+                shared::conn::incoming(listener, config.common.connection_idle_timeout()),
+                async move {
+                    shutdown.await;
+                    // End event streams so that the graceful stop does not wait
+                    // for subscribers that never hang up.
+                    stopping.cancel();
+                },
+            )
             .await?;
         state.shutdown.cancel();
         watchdog.abort();

@@ -270,7 +270,10 @@ impl Application {
 
         tracing::info!(%addr, reflection = config.common.reflection, "posts-service listening");
         router
-            .serve_with_incoming_shutdown(server::incoming(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                shared::conn::incoming(listener, config.common.connection_idle_timeout()),
+                shutdown,
+            )
             .await?;
         background.cancel();
         for task in tasks {

@@ -53,6 +53,11 @@ pub struct CommonConfig {
     /// clients rebalance across replicas.
     #[arg(long, env = "MAX_CONNECTION_AGE_SECS", default_value_t = 1800)]
     pub max_connection_age_secs: u64,
+    /// A connection that sends nothing for this many seconds is closed.
+    /// Keep it above 30: healthy clients answer the server's keepalive pings,
+    /// sent every 30 s.
+    #[arg(long, env = "CONNECTION_IDLE_TIMEOUT_SECS", default_value_t = 75)]
+    pub connection_idle_timeout_secs: u64,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -80,6 +85,11 @@ impl CommonConfig {
     /// Tolerated clock skew.
     pub fn token_leeway(&self) -> Duration {
         Duration::from_secs(self.token_leeway_secs)
+    }
+
+    /// How long a silent connection is kept.
+    pub fn connection_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.connection_idle_timeout_secs.max(1))
     }
 
     /// Lifetime of an access token.

@@ -6,12 +6,14 @@
 //!   [`CurrentUser`](current_user::CurrentUser) helper handlers call.
 //! - [`status`]: the fixed status messages and field-violation errors.
 //! - [`server`]: transport limits, health, reflection and shutdown.
+//! - [`conn`]: accepted connections, closed when silent too long.
 //! - [`observe`]: per-call spans, logs, metrics and request ids.
 //! - [`config`]: settings both services read, and logging setup.
 //! - [`db`]: opening databases, classifying their errors, stored times.
 //! - [`secret`]: random tokens, hashing and constant-time comparison.
 
 pub mod config;
+pub mod conn;
 pub mod current_user;
 pub mod db;
 pub mod observe;

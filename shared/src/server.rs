@@ -4,11 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
-use tonic::transport::{
-    Server,
-    server::{Router, TcpIncoming},
-};
+use tonic::transport::{Server, server::Router};
 use tower::{
     ServiceBuilder,
     layer::util::{Identity, Stack},
@@ -96,13 +92,6 @@ pub fn with_reflection<L>(
     Ok(router
         .add_service(configure().build_v1()?)
         .add_service(configure().build_v1alpha()?))
-}
-
-/// Turns a bound listener into tonic's incoming connection stream.
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C), the signals a supervisor or a

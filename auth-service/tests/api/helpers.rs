@@ -34,6 +34,8 @@ pub async fn open_store(db: &TestDatabase) -> Arc<dyn Store> {
 pub struct TestApp {
     /// Its database.
     pub db: TestDatabase,
+    /// Where its gRPC side listens.
+    pub grpc_addr: std::net::SocketAddr,
     /// Its data directory (mail files, local avatars).
     pub data_dir: std::path::PathBuf,
     /// Where its HTTP side listens.
@@ -108,6 +110,7 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
             request_timeout_secs: 30,
             max_concurrent_calls: 1024,
             max_connection_age_secs: 1800,
+            connection_idle_timeout_secs: 75,
             log_format: LogFormat::Human,
         },
     };
@@ -129,6 +132,7 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
         .await
         .expect("connecting to the auth-service");
     TestApp {
+        grpc_addr: addr,
         db,
         data_dir,
         http_addr,

@@ -79,3 +79,67 @@ async fn a_message_over_the_transport_limit_is_refused() {
     assert_eq!(app.count_users().await, 0);
     app.auth.clone().get_jwks(GetJwksRequest {}).await.unwrap();
 }
+
+/// Reads HTTP/2 frames from a raw connection until the server closes it or
+/// `within` passes; returns the frame types seen and whether it closed.
+async fn frames_until_close(
+    addr: std::net::SocketAddr,
+    send_preface: bool,
+    within: std::time::Duration,
+) -> (Vec<(u8, Vec<u8>)>, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    if send_preface {
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        // An empty SETTINGS frame.
+        stream
+            .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+    }
+    let mut frames = Vec::new();
+    let read_all = async {
+        let mut header = [0u8; 9];
+        loop {
+            if stream.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            if header[3] == 4 && header[4] & 1 == 0 && send_preface {
+                // Acknowledge the server's SETTINGS like a real client.
+                let _ = stream.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+            }
+            frames.push((header[3], payload));
+        }
+    };
+    let closed = tokio::time::timeout(within, read_all).await.is_ok();
+    (frames, closed)
+}
+
+#[tokio::test]
+async fn a_connection_that_never_speaks_is_closed_in_bounded_time() {
+    let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
+        config.common.connection_idle_timeout_secs = 1;
+    })
+    .await;
+    let (_, closed) =
+        frames_until_close(app.grpc_addr, false, std::time::Duration::from_secs(5)).await;
+    assert!(closed, "a silent connection was kept open");
+    // A client that talks is served. (With a 1 s limit, shorter than the
+    // 30 s keepalive, the test's own idle channel may have been closed too:
+    // in production the limit is longer than the keepalive interval.)
+    let mut client = shared::proto::auth::auth_service_client::AuthServiceClient::connect(format!(
+        "http://{}",
+        app.grpc_addr
+    ))
+    .await
+    .unwrap();
+    client.get_jwks(GetJwksRequest {}).await.unwrap();
+}

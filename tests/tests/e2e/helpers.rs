@@ -111,6 +111,7 @@ pub fn common_config() -> CommonConfig {
         request_timeout_secs: 30,
         max_concurrent_calls: 1024,
         max_connection_age_secs: 1800,
+        connection_idle_timeout_secs: 75,
         log_format: LogFormat::Human,
     }
 }
