@@ -34,8 +34,8 @@ pub type Layers = Stack<
 /// A tonic server with the limits every service here runs under: bounded
 /// streams per connection and calls per process (excess refused at once
 /// with RESOURCE_EXHAUSTED), bounded metadata, reset-stream floods cut off,
-/// keepalive that notices dead peers, connections recycled after
-/// `MAX_CONNECTION_AGE_SECS`, and a per-call timeout. With `tls`, it speaks
+/// keepalive that notices dead peers, connections recycled (a graceful
+/// GOAWAY) after `MAX_CONNECTION_AGE_SECS`, and a per-call timeout. With `tls`, it speaks
 /// TLS only (and demands client certificates if the settings say so).
 pub fn builder(
     config: &CommonConfig,
@@ -55,8 +55,9 @@ pub fn builder(
         .http2_max_pending_accept_reset_streams(Some(64))
         .http2_max_local_error_reset_streams(Some(256))
         .http2_max_header_list_size(MAX_HEADER_BYTES)
+        // No grace period: with one, tonic 0.14 skips the graceful GOAWAY and
+        // only cuts the connection when the grace runs out.
         .max_connection_age(Duration::from_secs(config.max_connection_age_secs))
-        .max_connection_age_grace(Duration::from_secs(30))
         .tcp_nodelay(true)
         .timeout(config.request_timeout())
         .layer(ObserveLayer::new(metrics))

@@ -116,6 +116,12 @@ async fn frames_until_close(
                 // Acknowledge the server's SETTINGS like a real client.
                 let _ = stream.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
             }
+            if header[3] == 6 && header[4] & 1 == 0 && payload.len() == 8 {
+                // And answer its PINGs.
+                let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                ack.extend_from_slice(&payload);
+                let _ = stream.write_all(&ack).await;
+            }
             frames.push((header[3], payload));
         }
     };
@@ -142,4 +148,21 @@ async fn a_connection_that_never_speaks_is_closed_in_bounded_time() {
     .await
     .unwrap();
     client.get_jwks(GetJwksRequest {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_are_recycled_after_their_maximum_age() {
+    let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
+        config.common.max_connection_age_secs = 1;
+    })
+    .await;
+    let (frames, closed) =
+        frames_until_close(app.grpc_addr, true, std::time::Duration::from_secs(10)).await;
+    let kinds: Vec<u8> = frames.iter().map(|(kind, _)| *kind).collect();
+    let goaway = frames
+        .iter()
+        .find(|(kind, _)| *kind == 7)
+        .unwrap_or_else(|| panic!("no GOAWAY in {kinds:?}"));
+    assert_eq!(&goaway.1[4..8], &[0, 0, 0, 0], "GOAWAY with NO_ERROR");
+    assert!(closed, "the aged connection was not closed: {kinds:?}");
 }
