@@ -16,6 +16,7 @@ use std::{
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::proto::auth::Jwk;
 
@@ -25,6 +26,8 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const MAX_LEEWAY_SECS: u64 = 30;
 /// The `typ` header of an access token (RFC 9068).
 pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+/// Verified tokens remembered; beyond it the cache starts over.
+pub const VERIFIED_CACHE_SIZE: usize = 16 * 1024;
 /// The longest `kid` looked up; ours are 16 characters.
 const MAX_KID_LEN: usize = 64;
 
@@ -131,6 +134,10 @@ pub struct BadJwk {
 pub struct Verifier {
     /// Public keys by `kid`.
     keys: RwLock<Arc<HashMap<String, DecodingKey>>>,
+    /// Tokens already verified with the current keys, by SHA-256: a hit
+    /// skips the signature check but not the expiry check. Cleared when the
+    /// keys change; bounded by [`VERIFIED_CACHE_SIZE`].
+    verified: RwLock<HashMap<[u8; 32], Identity>>,
     /// The pinned validation rules, built once.
     validation: Validation,
     /// Tolerated clock skew, seconds.
@@ -151,6 +158,7 @@ impl Verifier {
         validation.leeway = leeway;
         Self {
             keys: RwLock::new(Arc::new(HashMap::new())),
+            verified: RwLock::new(HashMap::new()),
             validation,
             leeway: leeway as i64,
         }
@@ -189,6 +197,11 @@ impl Verifier {
             keys.insert(jwk.kid.clone(), key);
         }
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        // A token verified with a key that is gone must be checked again.
+        self.verified
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         Ok(())
     }
 
@@ -211,6 +224,31 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(VerifyError::TooLarge);
         }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = self
+            .verified
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+            .cloned();
+        if let Some(identity) = cached {
+            // The same bytes passed every check before; only time has moved.
+            return if identity.expires_at + self.leeway < unix_now() {
+                Err(VerifyError::Expired)
+            } else {
+                Ok(identity)
+            };
+        }
+        let identity = self.verify_uncached(token)?;
+        let mut verified = self.verified.write().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_CACHE_SIZE {
+            verified.clear();
+        }
+        verified.insert(digest, identity.clone());
+        Ok(identity)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Identity, VerifyError> {
         let keys = self.current_keys();
         if keys.is_empty() {
             return Err(VerifyError::NoKeys);

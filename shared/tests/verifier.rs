@@ -488,3 +488,49 @@ fn jwks_that_are_not_ed25519_signing_keys_are_refused() {
     verifier.set_keys(&[good]).unwrap();
     assert!(verifier.knows_kid(KID));
 }
+
+#[test]
+fn a_remembered_token_is_refused_once_its_key_is_withdrawn() {
+    let f = fixture();
+    let token = f.valid();
+    assert!(f.verifier.verify(&token).is_ok());
+    assert!(f.verifier.verify(&token).is_ok(), "served from the cache");
+    let other = URL_SAFE_NO_PAD.encode(
+        SigningKey::from_bytes(&[8u8; 32])
+            .verifying_key()
+            .to_bytes(),
+    );
+    f.verifier
+        .set_keys(&[Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            kid: "another-key".into(),
+            alg: "EdDSA".into(),
+            r#use: "sig".into(),
+            x: other,
+        }])
+        .unwrap();
+    assert_eq!(f.refuse(&token), VerifyError::UnknownKey);
+}
+
+#[test]
+fn a_remembered_token_still_expires() {
+    let f = fixture();
+    let verifier = Verifier::new(ISS, AUD, std::time::Duration::ZERO);
+    verifier
+        .set_keys(&[Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            kid: KID.into(),
+            alg: "EdDSA".into(),
+            r#use: "sig".into(),
+            x: f.public_x.clone(),
+        }])
+        .unwrap();
+    let mut claims = claims();
+    claims["exp"] = json!(unix_now() + 1);
+    let token = f.sign(&header(), &claims);
+    assert!(verifier.verify(&token).is_ok());
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(verifier.verify(&token), Err(VerifyError::Expired));
+}
