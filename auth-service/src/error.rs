@@ -110,14 +110,8 @@ impl From<Error> for Status {
             Error::BadImage(e) => FieldErrors::single("image", &e.to_string()).into_status(),
             Error::NoAvatar => Status::failed_precondition("No profile picture to delete"),
             Error::BadInternalToken => Status::unauthenticated("Invalid internal token"),
-            Error::Unavailable(e) => {
-                tracing::warn!(error = %e, "database unavailable");
-                Status::unavailable(status::SERVICE_UNAVAILABLE)
-            }
-            Error::Internal(e) => {
-                tracing::error!(error = ?e, "internal error");
-                Status::internal(status::INTERNAL)
-            }
+            Error::Unavailable(e) => status::unavailable(&e),
+            Error::Internal(e) => status::internal(&e),
         }
     }
 }

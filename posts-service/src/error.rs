@@ -59,14 +59,8 @@ impl From<Error> for Status {
                 Status::permission_denied(format!("Not authorized to {action} this post"))
             }
             Error::InvalidToken => status::invalid_token(),
-            Error::Unavailable(e) => {
-                tracing::warn!(error = %e, "database unavailable");
-                Status::unavailable(status::SERVICE_UNAVAILABLE)
-            }
-            Error::Internal(e) => {
-                tracing::error!(error = ?e, "internal error");
-                Status::internal(status::INTERNAL)
-            }
+            Error::Unavailable(e) => status::unavailable(&e),
+            Error::Internal(e) => status::internal(&e),
         }
     }
 }

@@ -26,6 +26,19 @@ pub fn invalid_token() -> Status {
     Status::unauthenticated(INVALID_TOKEN)
 }
 
+/// `UNAVAILABLE` for a dependency that cannot be reached; `cause` is logged,
+/// never sent.
+pub fn unavailable(cause: &dyn std::fmt::Display) -> Status {
+    tracing::warn!(error = %cause, "dependency unavailable");
+    Status::unavailable(SERVICE_UNAVAILABLE)
+}
+
+/// `INTERNAL "Internal error"`; `cause` is logged in full, never sent.
+pub fn internal(cause: &dyn std::fmt::Debug) -> Status {
+    tracing::error!(error = ?cause, "internal error");
+    Status::internal(INTERNAL)
+}
+
 /// Collects what is wrong with a request, field by field, so a client learns
 /// every problem in one round trip. Becomes `INVALID_ARGUMENT` with a
 /// `google.rpc.BadRequest` detail.
