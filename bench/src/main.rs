@@ -439,6 +439,7 @@ async fn noop_server(addr: SocketAddr) -> anyhow::Result<()> {
         max_concurrent_calls: 100_000,
         max_connection_age_secs: 1800,
         connection_idle_timeout_secs: 75,
+        keepalive_interval_secs: 30,
         log_format: shared::config::LogFormat::Human,
     };
     let (_, health) = tonic_health::server::health_reporter();

@@ -53,6 +53,10 @@ pub struct CommonConfig {
     /// clients rebalance across replicas.
     #[arg(long, env = "MAX_CONNECTION_AGE_SECS", default_value_t = 1800)]
     pub max_connection_age_secs: u64,
+    /// Seconds between the server's HTTP/2 keepalive pings; a peer that does
+    /// not answer one within 10 s is disconnected.
+    #[arg(long, env = "KEEPALIVE_INTERVAL_SECS", default_value_t = 30)]
+    pub keepalive_interval_secs: u64,
     /// A connection that sends nothing for this many seconds is closed.
     /// Keep it above 30: healthy clients answer the server's keepalive pings,
     /// sent every 30 s.
@@ -85,6 +89,11 @@ impl CommonConfig {
     /// Tolerated clock skew.
     pub fn token_leeway(&self) -> Duration {
         Duration::from_secs(self.token_leeway_secs)
+    }
+
+    /// Time between keepalive pings.
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_secs(self.keepalive_interval_secs.max(1))
     }
 
     /// How long a silent connection is kept.

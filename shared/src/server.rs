@@ -50,7 +50,7 @@ pub fn builder(
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
         .load_shed(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_interval(Some(config.keepalive_interval()))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .http2_max_pending_accept_reset_streams(Some(64))
         .http2_max_local_error_reset_streams(Some(256))

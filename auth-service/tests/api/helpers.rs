@@ -111,6 +111,7 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
             max_concurrent_calls: 1024,
             max_connection_age_secs: 1800,
             connection_idle_timeout_secs: 75,
+            keepalive_interval_secs: 30,
             log_format: LogFormat::Human,
         },
     };

@@ -87,6 +87,18 @@ async fn frames_until_close(
     send_preface: bool,
     within: std::time::Duration,
 ) -> (Vec<(u8, Vec<u8>)>, bool) {
+    frames_after(addr, send_preface, false, &[], within).await
+}
+
+/// Like [`frames_until_close`], sending `extra` bytes after the preface; with
+/// `ignore_pings` the client never acknowledges a PING.
+async fn frames_after(
+    addr: std::net::SocketAddr,
+    send_preface: bool,
+    ignore_pings: bool,
+    extra: &[u8],
+    within: std::time::Duration,
+) -> (Vec<(u8, Vec<u8>)>, bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     if send_preface {
@@ -99,6 +111,8 @@ async fn frames_until_close(
             .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
             .await
             .unwrap();
+        // Whatever the test sends; the server may cut us off mid-way.
+        let _ = stream.write_all(extra).await;
     }
     let mut frames = Vec::new();
     let read_all = async {
@@ -116,7 +130,7 @@ async fn frames_until_close(
                 // Acknowledge the server's SETTINGS like a real client.
                 let _ = stream.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
             }
-            if header[3] == 6 && header[4] & 1 == 0 && payload.len() == 8 {
+            if header[3] == 6 && header[4] & 1 == 0 && payload.len() == 8 && !ignore_pings {
                 // And answer its PINGs.
                 let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
                 ack.extend_from_slice(&payload);
@@ -165,4 +179,97 @@ async fn connections_are_recycled_after_their_maximum_age() {
         .unwrap_or_else(|| panic!("no GOAWAY in {kinds:?}"));
     assert_eq!(&goaway.1[4..8], &[0, 0, 0, 0], "GOAWAY with NO_ERROR");
     assert!(closed, "the aged connection was not closed: {kinds:?}");
+}
+
+/// A frame: 24-bit length, type, flags, stream id.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut bytes = vec![len[1], len[2], len[3], kind, flags];
+    bytes.extend_from_slice(&stream.to_be_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+#[tokio::test]
+async fn the_server_announces_its_bound_on_concurrent_streams() {
+    let app = spawn_app().await;
+    let (frames, _) =
+        frames_until_close(app.grpc_addr, true, std::time::Duration::from_millis(500)).await;
+    let settings = frames
+        .iter()
+        .find(|(kind, payload)| *kind == 4 && !payload.is_empty())
+        .expect("server SETTINGS");
+    // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) = 256.
+    let announced = settings
+        .1
+        .chunks(6)
+        .find(|setting| setting[..2] == [0, 3])
+        .map(|setting| u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]));
+    assert_eq!(announced, Some(shared::server::MAX_STREAMS_PER_CONNECTION));
+}
+
+#[tokio::test]
+async fn a_rapid_reset_flood_gets_the_connection_closed() {
+    let app = spawn_app().await;
+    // HEADERS for POST /blog.auth.v1.AuthService/GetJwks (HPACK: :method POST,
+    // :scheme http, :path literal), each immediately cancelled by RST_STREAM:
+    // the "rapid reset" pattern (CVE-2023-44487).
+    let path = b"/blog.auth.v1.AuthService/GetJwks";
+    let mut block = vec![0x83, 0x86, 0x44, path.len() as u8];
+    block.extend_from_slice(path);
+    block.extend_from_slice(&[0x41, 0x09]);
+    block.extend_from_slice(b"localhost");
+    let mut flood = Vec::new();
+    for i in 0..500u32 {
+        let stream = 1 + 2 * i;
+        flood.extend(frame(1, 0x4, stream, &block)); // END_HEADERS
+        flood.extend(frame(3, 0, stream, &8u32.to_be_bytes())); // CANCEL
+    }
+    let (frames, closed) = frames_after(
+        app.grpc_addr,
+        true,
+        false,
+        &flood,
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    let kinds: Vec<u8> = frames.iter().map(|(kind, _)| *kind).collect();
+    let goaway = frames.iter().find(|(kind, _)| *kind == 7);
+    assert!(
+        goaway.is_some() || closed,
+        "the flood was tolerated: {kinds:?}"
+    );
+    // The server itself is fine.
+    let mut client = shared::proto::auth::auth_service_client::AuthServiceClient::connect(format!(
+        "http://{}",
+        app.grpc_addr
+    ))
+    .await
+    .unwrap();
+    client.get_jwks(GetJwksRequest {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_keepalive_pings_is_disconnected() {
+    let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
+        config.common.keepalive_interval_secs = 1;
+    })
+    .await;
+    let (frames, closed) = frames_after(
+        app.grpc_addr,
+        true,
+        true,
+        &[],
+        std::time::Duration::from_secs(20),
+    )
+    .await;
+    let kinds: Vec<u8> = frames.iter().map(|(kind, _)| *kind).collect();
+    assert!(
+        kinds.contains(&6),
+        "the server sent no keepalive PING: {kinds:?}"
+    );
+    assert!(
+        closed,
+        "a peer that never answers pings stayed connected: {kinds:?}"
+    );
 }

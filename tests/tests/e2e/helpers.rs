@@ -112,6 +112,7 @@ pub fn common_config() -> CommonConfig {
         max_concurrent_calls: 1024,
         max_connection_age_secs: 1800,
         connection_idle_timeout_secs: 75,
+        keepalive_interval_secs: 30,
         log_format: LogFormat::Human,
     }
 }
