@@ -20,10 +20,19 @@ pub async fn open_postgres(url: &str, acquire_timeout: Duration) -> Result<PgPoo
         .await
 }
 
+/// An SQLite database's two pools: readers, and the single writer.
+pub struct SqlitePools {
+    /// Connections for reads (WAL: they never wait for the writer).
+    pub read: SqlitePool,
+    /// One connection for write transactions. SQLite runs one writer at a
+    /// time anyway; queueing writers here, in order, beats letting them
+    /// collide inside SQLite, where they sleep and retry on the busy handler.
+    pub write: SqlitePool,
+}
+
 /// Opens an SQLite file (creating it and its directory if missing) in WAL
-/// mode, so readers never wait for the writer, with a busy timeout so
-/// writers queue instead of failing.
-pub async fn open_sqlite(url: &str, acquire_timeout: Duration) -> Result<SqlitePool, sqlx::Error> {
+/// mode, with a busy timeout for writers in other processes.
+pub async fn open_sqlite(url: &str, acquire_timeout: Duration) -> Result<SqlitePools, sqlx::Error> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -35,11 +44,17 @@ pub async fn open_sqlite(url: &str, acquire_timeout: Duration) -> Result<SqliteP
     {
         std::fs::create_dir_all(dir)?;
     }
-    SqlitePoolOptions::new()
+    let read = SqlitePoolOptions::new()
         .max_connections(8)
         .acquire_timeout(acquire_timeout)
+        .connect_with(options.clone())
+        .await?;
+    let write = SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(acquire_timeout)
         .connect_with(options)
-        .await
+        .await?;
+    Ok(SqlitePools { read, write })
 }
 
 /// How busy a connection pool is.

@@ -1,7 +1,7 @@
 //! The SQLite backend: the shared SQL of [`super::sql`] over a WAL database.
-//! Write transactions begin `IMMEDIATE`, taking the single write lock up
-//! front, so concurrent writers queue on the busy timeout instead of failing
-//! when a read lock cannot be upgraded; that lock also orders the outbox.
+//! Write transactions run on one dedicated connection and begin
+//! `IMMEDIATE`, taking the write lock up front: writers queue in order
+//! instead of colliding, and that order is also the outbox's.
 
 use std::time::Duration;
 
@@ -12,8 +12,10 @@ use crate::error::Result;
 
 /// The auth-service's data in an SQLite file.
 pub struct SqliteStore {
-    /// The connection pool.
+    /// Connections for reads.
     pool: SqlitePool,
+    /// The one connection for write transactions.
+    writer: SqlitePool,
     /// Wakes event streams after this process commits an event.
     commits: watch::Sender<i64>,
 }
@@ -21,24 +23,21 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if missing, with its directory) and migrates.
     pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Self> {
-        let pool = shared::db::open_sqlite(url, acquire_timeout).await?;
+        let pools = shared::db::open_sqlite(url, acquire_timeout).await?;
+        let pool = pools.read;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the auth database: {e}"))?;
-        Ok(Self::from_pool(pool))
-    }
-
-    /// A store over an already migrated pool.
-    pub fn from_pool(pool: SqlitePool) -> Self {
-        Self {
+        Ok(Self {
             pool,
+            writer: pools.write,
             commits: watch::Sender::new(0),
-        }
+        })
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// Writers are already serialised by the database lock.

@@ -1,6 +1,7 @@
 //! The SQLite backend: the shared SQL of [`super::sql`] over a WAL database.
-//! Write transactions begin `IMMEDIATE` so concurrent writers queue on the
-//! busy timeout instead of failing to upgrade a read lock.
+//! Write transactions run on one dedicated connection and begin
+//! `IMMEDIATE`, so writers queue in order instead of colliding in SQLite's
+//! busy handler.
 
 use std::time::Duration;
 
@@ -10,23 +11,29 @@ use crate::error::Result;
 
 /// The posts-service's data in an SQLite file.
 pub struct SqliteStore {
-    /// The connection pool.
+    /// Connections for reads.
     pool: SqlitePool,
+    /// The one connection for write transactions.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
     /// Opens (creating if missing, with its directory) and migrates.
     pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Self> {
-        let pool = shared::db::open_sqlite(url, acquire_timeout).await?;
+        let pools = shared::db::open_sqlite(url, acquire_timeout).await?;
+        let pool = pools.read;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the posts database: {e}"))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writer: pools.write,
+        })
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 
