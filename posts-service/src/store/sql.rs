@@ -93,6 +93,15 @@ macro_rules! sql_store {
                     }
                     Err(e) => return Err(e.into()),
                 };
+                // A deletion that committed while this ran wins: nothing is
+                // written for a deleted user (dropping `tx` rolls back).
+                let deleted: Option<i64> = sqlx::query_scalar("SELECT user_id FROM deleted_users WHERE user_id = $1")
+                    .bind(caller.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if deleted.is_some() {
+                    return Err($crate::error::Error::InvalidToken);
+                }
                 let post = Self::post_in(&mut tx, id)
                     .await?
                     .ok_or_else(|| anyhow::anyhow!("post {id} vanished inside its own transaction"))?;
@@ -237,14 +246,10 @@ macro_rules! sql_store {
                         .await?;
                     }
                     ReplicaChange::UserDeleted { id, time } => {
-                        sqlx::query("DELETE FROM posts WHERE author_id = $1")
-                            .bind(id)
-                            .execute(&mut *tx)
-                            .await?;
-                        sqlx::query("DELETE FROM authors WHERE id = $1")
-                            .bind(id)
-                            .execute(&mut *tx)
-                            .await?;
+                        // Order matters against a CreatePost in flight: the
+                        // author delete waits for any post insert holding its
+                        // row (and cascades), and the posts delete after it
+                        // sees whatever committed meanwhile.
                         sqlx::query(
                             "INSERT INTO deleted_users (user_id, delete_time) VALUES ($1, $2) \
                              ON CONFLICT (user_id) DO NOTHING",
@@ -253,6 +258,14 @@ macro_rules! sql_store {
                         .bind(time)
                         .execute(&mut *tx)
                         .await?;
+                        sqlx::query("DELETE FROM authors WHERE id = $1")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query("DELETE FROM posts WHERE author_id = $1")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
                     }
                     ReplicaChange::SessionsRevoked { user_id, session_ids, expire_time } => {
                         for session_id in session_ids {
