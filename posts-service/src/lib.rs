@@ -162,11 +162,6 @@ impl Application {
             .expect("a bound TCP listener has an address")
     }
 
-    /// How the user event stream is doing.
-    pub fn replica_status(&self) -> Arc<ReplicaStatus> {
-        self.replica.clone()
-    }
-
     /// Serves until `shutdown` resolves, then lets in-flight calls finish.
     pub async fn run(
         self,

@@ -90,11 +90,6 @@ impl FieldErrors {
         }
     }
 
-    /// The violations recorded so far.
-    pub fn violations(&self) -> &[FieldViolation] {
-        &self.violations
-    }
-
     /// The `INVALID_ARGUMENT` status.
     pub fn into_status(self) -> Status {
         let message = self.message.unwrap_or_else(|| {

@@ -27,15 +27,10 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the auth database: {e}"))?;
-        Ok(Self::from_pool(pool))
-    }
-
-    /// A store over an already migrated pool.
-    pub fn from_pool(pool: PgPool) -> Self {
-        Self {
+        Ok(Self {
             pool,
             commits: watch::Sender::new(0),
-        }
+        })
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {
