@@ -76,32 +76,28 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await?;
                 let now = $crate::store::now_micros();
-                let inserted: Result<i64, sqlx::Error> = sqlx::query_scalar(
+                // The insert itself checks for a deletion that committed
+                // first; one committing later waits on the author row this
+                // insert holds, then cascades to the post.
+                let inserted: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
                     "INSERT INTO posts (author_id, title, content, create_time, update_time) \
-                     VALUES ($1, $2, $3, $4, $4) RETURNING id",
+                     SELECT $1, $2, $3, $4, $4 \
+                     WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE user_id = $1) RETURNING id",
                 )
                 .bind(caller.id)
                 .bind(title.as_str())
                 .bind(content.as_str())
                 .bind(now)
-                .fetch_one(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await;
                 let id = match inserted {
-                    Ok(id) => id,
+                    Ok(Some(id)) => id,
+                    Ok(None) => return Err($crate::error::Error::InvalidToken),
                     Err(e) if e.as_database_error().is_some_and(|d| d.is_foreign_key_violation()) => {
                         return Err($crate::error::Error::InvalidToken);
                     }
                     Err(e) => return Err(e.into()),
                 };
-                // A deletion that committed while this ran wins: nothing is
-                // written for a deleted user (dropping `tx` rolls back).
-                let deleted: Option<i64> = sqlx::query_scalar("SELECT user_id FROM deleted_users WHERE user_id = $1")
-                    .bind(caller.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if deleted.is_some() {
-                    return Err($crate::error::Error::InvalidToken);
-                }
                 let post = Self::post_in(&mut tx, id)
                     .await?
                     .ok_or_else(|| anyhow::anyhow!("post {id} vanished inside its own transaction"))?;
