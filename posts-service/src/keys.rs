@@ -34,7 +34,7 @@ pub async fn load_cached(store: &dyn Store, verifier: &Verifier) -> bool {
         }
     };
     match decode(&cached).map(|keys| verifier.set_keys(&keys)) {
-        Some(Ok(())) => {
+        Some(Ok(_)) => {
             tracing::info!("verifying tokens with cached keys until the auth-service answers");
             true
         }
@@ -95,11 +95,13 @@ async fn fetch(
     if keys.is_empty() {
         anyhow::bail!("the auth-service published no keys");
     }
-    verifier.set_keys(&keys)?;
-    if let Err(e) = store.save_jwks(&encode(&keys)).await {
-        tracing::warn!(error = %e, "cannot cache the fetched keys");
+    // The set rarely changes: only a new one is cached and logged.
+    if verifier.set_keys(&keys)? {
+        if let Err(e) = store.save_jwks(&encode(&keys)).await {
+            tracing::warn!(error = %e, "cannot cache the fetched keys");
+        }
+        tracing::info!(keys = keys.len(), "verification keys updated");
     }
-    tracing::debug!(keys = keys.len(), "keys refreshed");
     Ok(())
 }
 

@@ -134,6 +134,9 @@ pub struct BadJwk {
 pub struct Verifier {
     /// Public keys by `kid`.
     keys: RwLock<Arc<HashMap<String, DecodingKey>>>,
+    /// The `(kid, x)` pairs of those keys, sorted: tells a refetch of the
+    /// same set from a real change.
+    fingerprint: RwLock<Vec<(String, String)>>,
     /// Tokens already verified with the current keys, by SHA-256: a hit
     /// skips the signature check but not the expiry check. Cleared when the
     /// keys change; bounded by [`VERIFIED_CACHE_SIZE`].
@@ -158,15 +161,24 @@ impl Verifier {
         validation.leeway = leeway;
         Self {
             keys: RwLock::new(Arc::new(HashMap::new())),
+            fingerprint: RwLock::new(Vec::new()),
             verified: RwLock::new(HashMap::new()),
             validation,
             leeway: leeway as i64,
         }
     }
 
-    /// Replaces the key set with `jwks`. Keys that are not Ed25519 signing
-    /// keys are refused, and then nothing changes.
-    pub fn set_keys(&self, jwks: &[Jwk]) -> Result<(), BadJwk> {
+    /// Replaces the key set with `jwks`; `Ok(false)` when it is the set
+    /// already held (then nothing is touched, and remembered tokens stay).
+    /// Keys that are not Ed25519 signing keys are refused, and then nothing
+    /// changes.
+    pub fn set_keys(&self, jwks: &[Jwk]) -> Result<bool, BadJwk> {
+        let mut fingerprint: Vec<(String, String)> =
+            jwks.iter().map(|k| (k.kid.clone(), k.x.clone())).collect();
+        fingerprint.sort();
+        if *self.fingerprint.read().unwrap_or_else(|e| e.into_inner()) == fingerprint {
+            return Ok(false);
+        }
         let mut keys = HashMap::with_capacity(jwks.len());
         for jwk in jwks {
             let bad = |reason| BadJwk {
@@ -197,12 +209,13 @@ impl Verifier {
             keys.insert(jwk.kid.clone(), key);
         }
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        *self.fingerprint.write().unwrap_or_else(|e| e.into_inner()) = fingerprint;
         // A token verified with a key that is gone must be checked again.
         self.verified
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        Ok(())
+        Ok(true)
     }
 
     /// Whether any key is loaded.

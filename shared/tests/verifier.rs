@@ -514,6 +514,24 @@ fn a_remembered_token_is_refused_once_its_key_is_withdrawn() {
 }
 
 #[test]
+fn refetching_the_same_keys_changes_nothing_and_keeps_remembered_tokens() {
+    let f = fixture();
+    let same = Jwk {
+        kty: "OKP".into(),
+        crv: "Ed25519".into(),
+        kid: KID.into(),
+        alg: "EdDSA".into(),
+        r#use: "sig".into(),
+        x: f.public_x.clone(),
+    };
+    assert!(!f.verifier.set_keys(std::slice::from_ref(&same)).unwrap());
+    let token = f.valid();
+    assert!(f.verifier.verify(&token).is_ok());
+    assert!(!f.verifier.set_keys(&[same]).unwrap());
+    assert!(f.verifier.verify(&token).is_ok());
+}
+
+#[test]
 fn a_remembered_token_still_expires() {
     let f = fixture();
     let verifier = Verifier::new(ISS, AUD, std::time::Duration::ZERO);
