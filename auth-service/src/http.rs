@@ -61,15 +61,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 
 /// Prometheus metrics.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    state.metrics.record_pool(state.store.pool_status());
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+    shared::http::metrics_response(&state.metrics, state.store.pool_status())
 }
 
 /// A stored avatar. Keys are random and never reused, so the object may be

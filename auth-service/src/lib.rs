@@ -282,11 +282,10 @@ impl Application {
         )?;
 
         let http_addr = http_listener.local_addr()?;
-        let http_stop = state.shutdown.clone();
-        let http = tokio::spawn(
-            axum::serve(http_listener, http::router(state.clone()))
-                .with_graceful_shutdown(async move { http_stop.cancelled().await })
-                .into_future(),
+        let http = shared::http::spawn(
+            http_listener,
+            http::router(state.clone()),
+            state.shutdown.clone(),
         );
 
         tracing::info!(%addr, %http_addr, reflection = config.common.reflection, "auth-service listening");
@@ -304,9 +303,7 @@ impl Application {
             .await?;
         state.shutdown.cancel();
         watchdog.abort();
-        if let Ok(Err(e)) = http.await {
-            tracing::warn!(error = %e, "HTTP server error");
-        }
+        let _ = http.await;
         tracing::info!("auth-service stopped");
         Ok(())
     }

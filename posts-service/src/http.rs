@@ -11,7 +11,7 @@ use std::sync::{Arc, atomic::Ordering};
 use axum::{
     Json, Router,
     extract::State,
-    http::{HeaderValue, StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -107,7 +107,6 @@ async fn ready(State(state): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    state.metrics.record_pool(state.store.pool_status());
     let replica = &state.replica;
     state
         .stream
@@ -124,12 +123,5 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             .lag_seconds
             .set((now_micros() - last).max(0) as f64 / 1e6);
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+    shared::http::metrics_response(&state.metrics, state.store.pool_status())
 }

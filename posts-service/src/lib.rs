@@ -236,12 +236,7 @@ impl Application {
             metrics: metrics.clone(),
             stream,
         };
-        let http_stop = background.clone();
-        let http = tokio::spawn(
-            axum::serve(http_listener, http::router(http_state))
-                .with_graceful_shutdown(async move { http_stop.cancelled().await })
-                .into_future(),
-        );
+        let http = shared::http::spawn(http_listener, http::router(http_state), background.clone());
 
         let interceptor = AuthInterceptor::new(verifier)
             .with_revocations(revocations)

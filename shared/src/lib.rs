@@ -8,6 +8,7 @@
 //! - [`server`]: transport limits, health, reflection and shutdown.
 //! - [`conn`]: accepted connections, closed when silent too long.
 //! - [`observe`]: per-call spans, logs, metrics and request ids.
+//! - [`http`]: the plain HTTP side's server and `/metrics` response.
 //! - [`config`]: settings both services read, and logging setup.
 //! - [`db`]: opening databases, classifying their errors, stored times.
 //! - [`secret`]: random tokens, hashing and constant-time comparison.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod conn;
 pub mod current_user;
 pub mod db;
+pub mod http;
 pub mod observe;
 pub mod proto;
 pub mod secret;
