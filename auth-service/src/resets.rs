@@ -7,6 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use lettre::message::Mailbox;
+use tokio::sync::Semaphore;
 
 use shared::secret::{random_token, sha256};
 
@@ -29,7 +30,14 @@ pub struct PasswordResets {
     frontend_url: String,
     /// How long a token works.
     ttl: Duration,
+    /// Bounds the requests being worked on in the background, so a flood
+    /// of requests cannot pile up tasks, database work and mail.
+    in_flight: Arc<Semaphore>,
 }
+
+/// Most reset requests worked on at once; beyond it they are dropped (the
+/// caller still gets the same OK, as always).
+const MAX_IN_FLIGHT: usize = 64;
 
 impl PasswordResets {
     /// A reset flow mailing links to `{frontend_url}/reset-password`.
@@ -46,13 +54,19 @@ impl PasswordResets {
             from,
             frontend_url: frontend_url.trim_end_matches('/').to_owned(),
             ttl,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
     /// Starts a reset for `email` in the background and returns at once.
     pub fn request(self: &Arc<Self>, email: Email) {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            tracing::warn!("too many password reset requests at once: one dropped");
+            return;
+        };
         let this = self.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = this.send_link(&email).await {
                 tracing::error!(error = ?e, "password reset request failed");
             }
