@@ -71,15 +71,17 @@ pub async fn refresh(
                 }
             }
         }
+        let fetched = tokio::time::Instant::now();
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
             () = unknown_kid.notified() => {
                 // Rate limit: whatever the number of unknown kids, one fetch
-                // per MIN_REFETCH.
+                // per MIN_REFETCH; a kid seen long after the last fetch (a
+                // rotation) is looked up at once.
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(MIN_REFETCH) => {}
+                    () = tokio::time::sleep_until(fetched + MIN_REFETCH) => {}
                 }
             }
         }
