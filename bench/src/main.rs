@@ -54,6 +54,17 @@ struct Cli {
     /// The core the servers are pinned to.
     #[arg(long, default_value = "0")]
     server_core: String,
+    /// Run only these workloads (e.g. `w2,w3`), to profile one at a time;
+    /// the servers' process ids are printed so `perf record -p` can attach.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Cli {
+    /// Whether workload `name` (`w0`, `w1`, ... `w5`) is to run.
+    fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|w| w.eq_ignore_ascii_case(name))
+    }
 }
 
 /// The figures of one workload.
@@ -177,6 +188,7 @@ fn spawn_pinned(
     let child = command
         .spawn()
         .with_context(|| format!("starting {name} (is taskset installed?)"))?;
+    eprintln!("{name}: pid {}", child.id());
     Ok(Server { child, name })
 }
 
@@ -327,35 +339,53 @@ async fn run_backend(
             async move { client.get_post(request).await.map(|_| ()) }
         }
     };
-    let w1 = drive(c, s, get_post(true)).await;
-    let w1_plain = drive(c, s, get_post(false)).await;
-    let posts_for_list = posts_channel.clone();
-    let w2 = drive(c, s, move |_| {
-        let mut client = PostServiceClient::new(posts_for_list.clone());
-        async move {
-            client
-                .list_posts(ListPostsRequest {
-                    page_size: 10,
-                    ..Default::default()
-                })
-                .await
-                .map(|_| ())
-        }
-    })
-    .await;
-    let (posts_for_create, bearer_for_create) = (posts_channel.clone(), bearer.clone());
-    let w3 = drive(c, s, move |i| {
-        let mut client = PostServiceClient::new(posts_for_create.clone());
-        let mut request = Request::new(CreatePostRequest {
-            title: format!("Bench {i}"),
-            content: "Written under load.".into(),
-        });
-        request
-            .metadata_mut()
-            .insert("authorization", (*bearer_for_create).clone());
-        async move { client.create_post(request).await.map(|_| ()) }
-    })
-    .await;
+    let mut rows = Vec::new();
+    let w0_rate = Some(("W0", w0.per_second));
+    let mut w1 = None;
+    if cli.wants("w1") {
+        let figures = drive(c, s, get_post(true)).await;
+        rows.push(row("W1 GetPost, token", &figures, w0_rate));
+        let plain = drive(c, s, get_post(false)).await;
+        rows.push(row("W1' GetPost, no token", &plain, w0_rate));
+        rows.push(format!(
+            "W1 / W1' = {:.2} (authentication's cost)",
+            figures.per_second / plain.per_second.max(1e-9)
+        ));
+        w1 = Some(figures);
+    }
+    if cli.wants("w2") {
+        let posts = posts_channel.clone();
+        let figures = drive(c, s, move |_| {
+            let mut client = PostServiceClient::new(posts.clone());
+            async move {
+                client
+                    .list_posts(ListPostsRequest {
+                        page_size: 10,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await;
+        rows.push(row("W2 ListPosts (10)", &figures, w0_rate));
+    }
+    if cli.wants("w3") {
+        let (posts, bearer) = (posts_channel.clone(), bearer.clone());
+        let figures = drive(c, s, move |i| {
+            let mut client = PostServiceClient::new(posts.clone());
+            let mut request = Request::new(CreatePostRequest {
+                title: format!("Bench {i}"),
+                content: "Written under load.".into(),
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", (*bearer).clone());
+            async move { client.create_post(request).await.map(|_| ()) }
+        })
+        .await;
+        rows.push(row("W3 CreatePost", &figures, w0_rate));
+    }
     let login = {
         let auth = auth_channel.clone();
         move |_| {
@@ -371,47 +401,40 @@ async fn run_backend(
             }
         }
     };
-    let w4 = drive(c, s, login.clone()).await;
-    // W5: readers while logins flood the same core.
-    let flood = tokio::spawn(drive(c, s + 1, login));
-    let w5 = drive(c, s, get_post(true)).await;
-    let _ = flood.await;
+    if cli.wants("w4") {
+        let figures = drive(c, s, login.clone()).await;
+        rows.push(row(
+            "W4 Login",
+            &figures,
+            Some(("argon2 ceiling", argon2_ceiling)),
+        ));
+    }
+    if cli.wants("w5") {
+        // Readers while logins flood the same core.
+        let flood = tokio::spawn(drive(c, s + 1, login));
+        let figures = drive(c, s, get_post(true)).await;
+        let _ = flood.await;
+        rows.push(row("W5 GetPost during a Login flood", &figures, None));
+        if let Some(w1) = &w1 {
+            rows.push(format!(
+                "W5 p99 / W1 p99 = {:.2}",
+                figures.p99.as_secs_f64() / w1.p99.as_secs_f64().max(1e-9)
+            ));
+        }
+    }
 
     println!("\n### {label}\n");
     println!("| workload | calls ok | calls/s | p50 ms | p99 ms | errors | ratio |");
     println!("|---|---|---|---|---|---|---|");
     println!("{}", row("W0 no-op (bare tonic)", w0, None));
-    println!(
-        "{}",
-        row("W1 GetPost, token", &w1, Some(("W0", w0.per_second)))
-    );
-    println!(
-        "{}",
-        row(
-            "W1' GetPost, no token",
-            &w1_plain,
-            Some(("W0", w0.per_second))
-        )
-    );
-    println!(
-        "{}",
-        row("W2 ListPosts (10)", &w2, Some(("W0", w0.per_second)))
-    );
-    println!("{}", row("W3 CreatePost", &w3, Some(("W0", w0.per_second))));
-    println!(
-        "{}",
-        row("W4 Login", &w4, Some(("argon2 ceiling", argon2_ceiling)))
-    );
-    println!("{}", row("W5 GetPost during a Login flood", &w5, None));
+    let (table, notes): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.starts_with('|'));
+    for line in table {
+        println!("{line}");
+    }
     println!();
-    println!(
-        "- W1 / W1' = {:.2} (authentication's cost)",
-        w1.per_second / w1_plain.per_second.max(1e-9)
-    );
-    println!(
-        "- W5 p99 / W1 p99 = {:.2}",
-        w5.p99.as_secs_f64() / w1.p99.as_secs_f64().max(1e-9)
-    );
+    for note in notes {
+        println!("- {note}");
+    }
     for server in [&auth, &posts] {
         println!(
             "- {} peak RSS: {:.1} MiB",
