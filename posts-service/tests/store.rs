@@ -144,6 +144,8 @@ async fn listing_is_newest_first_and_resumes_after_a_key(store: Arc<dyn Store>) 
         })
         .await
         .unwrap();
+    assert_eq!(all.total_size, 5);
+    let all = all.posts;
     let listed: Vec<i64> = all.iter().map(|p| p.id).collect();
     assert_eq!(listed, ids.iter().rev().copied().collect::<Vec<_>>());
     let after = Some((all[1].create_time, all[1].id));
@@ -155,6 +157,8 @@ async fn listing_is_newest_first_and_resumes_after_a_key(store: Arc<dyn Store>) 
         })
         .await
         .unwrap();
+    assert_eq!(rest.total_size, 5, "the total covers every page");
+    let rest = rest.posts;
     assert_eq!(rest.iter().map(|p| p.id).collect::<Vec<_>>(), listed[2..4]);
     let mine = store
         .list_posts(Listing {
@@ -164,8 +168,20 @@ async fn listing_is_newest_first_and_resumes_after_a_key(store: Arc<dyn Store>) 
         })
         .await
         .unwrap();
+    assert_eq!(mine.total_size, 3);
+    let mine = mine.posts;
     assert_eq!(mine.len(), 3);
     assert!(mine.iter().all(|p| p.author_id == 1));
+    let past_the_end = store
+        .list_posts(Listing {
+            author_id: 0,
+            after: Some((all[4].create_time, all[4].id)),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert!(past_the_end.posts.is_empty());
+    assert_eq!(past_the_end.total_size, 5, "an empty page still counts");
     assert_eq!(store.count_posts(0).await.unwrap(), 5);
     assert_eq!(store.count_posts(2).await.unwrap(), 2);
     assert_eq!(store.count_posts(3).await.unwrap(), 0);

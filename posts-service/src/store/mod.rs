@@ -44,6 +44,26 @@ pub struct PostRecord {
     pub author_avatar_url: String,
 }
 
+/// A page of posts and how many match over all pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The posts, newest first.
+    pub posts: Vec<PostRecord>,
+    /// How many posts the listing's filter matches, counted in the same
+    /// statement (so from the same snapshot) as the page.
+    pub total_size: i64,
+}
+
+/// A listed post with the count its statement computed once.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ListedPost {
+    /// The post.
+    #[sqlx(flatten)]
+    pub post: PostRecord,
+    /// Matching posts over all pages.
+    pub total_size: i64,
+}
+
 /// The caller as their token names them, used to create their author row
 /// when their profile event has not arrived yet.
 #[derive(Debug, Clone, Copy)]
@@ -122,8 +142,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<PostRecord>;
     /// The post with this id.
     async fn post(&self, id: i64) -> Result<Option<PostRecord>>;
-    /// A page of posts, newest first.
-    async fn list_posts(&self, listing: Listing) -> Result<Vec<PostRecord>>;
+    /// A page of posts, newest first, with the number matching in all.
+    async fn list_posts(&self, listing: Listing) -> Result<Page>;
     /// How many posts `author_id` (0 = everyone) has.
     async fn count_posts(&self, author_id: i64) -> Result<i64>;
     /// Whether an author is known.

@@ -12,21 +12,23 @@ macro_rules! select_posts {
 }
 pub(super) use select_posts;
 
+/// A `RETURNING` clause giving a written post as a
+/// [`PostRecord`](super::PostRecord), author included: one round trip
+/// writes the row and reads it back.
+macro_rules! returning_post {
+    () => {
+        " RETURNING id, title, content, create_time, update_time, author_id, \
+         (SELECT a.username FROM authors a WHERE a.id = posts.author_id) AS author_username, \
+         (SELECT a.avatar_url FROM authors a WHERE a.id = posts.author_id) AS author_avatar_url"
+    };
+}
+pub(super) use returning_post;
+
 /// Implements [`Store`](super::Store) for `$store`, a struct with a `pool:
 /// Pool<$db>` field and an inherent `begin_write`.
 macro_rules! sql_store {
     ($store:ident, $db:ty) => {
         impl $store {
-            async fn post_in(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                id: i64,
-            ) -> $crate::error::Result<Option<$crate::store::PostRecord>> {
-                Ok(sqlx::query_as(concat!($crate::store::sql::select_posts!(), "WHERE p.id = $1"))
-                    .bind(id)
-                    .fetch_optional(&mut **tx)
-                    .await?)
-            }
-
             /// After a guarded write touched nothing: why not?
             async fn refusal(
                 tx: &mut sqlx::Transaction<'static, $db>,
@@ -79,28 +81,26 @@ macro_rules! sql_store {
                 // The insert itself checks for a deletion that committed
                 // first; one committing later waits on the author row this
                 // insert holds, then cascades to the post.
-                let inserted: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
+                let inserted: Result<Option<$crate::store::PostRecord>, sqlx::Error> = sqlx::query_as(concat!(
                     "INSERT INTO posts (author_id, title, content, create_time, update_time) \
                      SELECT $1, $2, $3, $4, $4 \
-                     WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE user_id = $1) RETURNING id",
-                )
+                     WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE user_id = $1)",
+                    $crate::store::sql::returning_post!()
+                ))
                 .bind(caller.id)
                 .bind(title.as_str())
                 .bind(content.as_str())
                 .bind(now)
                 .fetch_optional(&mut *tx)
                 .await;
-                let id = match inserted {
-                    Ok(Some(id)) => id,
+                let post = match inserted {
+                    Ok(Some(post)) => post,
                     Ok(None) => return Err($crate::error::Error::InvalidToken),
                     Err(e) if e.as_database_error().is_some_and(|d| d.is_foreign_key_violation()) => {
                         return Err($crate::error::Error::InvalidToken);
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let post = Self::post_in(&mut tx, id)
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("post {id} vanished inside its own transaction"))?;
                 tx.commit().await?;
                 Ok(post)
             }
@@ -115,29 +115,46 @@ macro_rules! sql_store {
             async fn list_posts(
                 &self,
                 listing: $crate::store::Listing,
-            ) -> $crate::error::Result<Vec<$crate::store::PostRecord>> {
+            ) -> $crate::error::Result<$crate::store::Page> {
                 let (time, id) = listing.after.unwrap_or((i64::MAX, i64::MAX));
+                // The total rides along as a column: an uncorrelated subquery,
+                // evaluated once per statement, so one round trip per page.
                 let query = if listing.author_id == 0 {
-                    sqlx::query_as(concat!(
-                        $crate::store::sql::select_posts!(),
-                        "WHERE (p.create_time, p.id) < ($1, $2) \
-                         ORDER BY p.create_time DESC, p.id DESC LIMIT $3"
-                    ))
+                    sqlx::query_as(
+                        "SELECT p.id, p.title, p.content, p.create_time, p.update_time, p.author_id, \
+                         a.username AS author_username, a.avatar_url AS author_avatar_url, \
+                         (SELECT COUNT(*) FROM posts) AS total_size \
+                         FROM posts p JOIN authors a ON a.id = p.author_id \
+                         WHERE (p.create_time, p.id) < ($1, $2) \
+                         ORDER BY p.create_time DESC, p.id DESC LIMIT $3",
+                    )
                     .bind(time)
                     .bind(id)
                     .bind(listing.limit)
                 } else {
-                    sqlx::query_as(concat!(
-                        $crate::store::sql::select_posts!(),
-                        "WHERE p.author_id = $4 AND (p.create_time, p.id) < ($1, $2) \
-                         ORDER BY p.create_time DESC, p.id DESC LIMIT $3"
-                    ))
+                    sqlx::query_as(
+                        "SELECT p.id, p.title, p.content, p.create_time, p.update_time, p.author_id, \
+                         a.username AS author_username, a.avatar_url AS author_avatar_url, \
+                         (SELECT COUNT(*) FROM posts WHERE author_id = $4) AS total_size \
+                         FROM posts p JOIN authors a ON a.id = p.author_id \
+                         WHERE p.author_id = $4 AND (p.create_time, p.id) < ($1, $2) \
+                         ORDER BY p.create_time DESC, p.id DESC LIMIT $3",
+                    )
                     .bind(time)
                     .bind(id)
                     .bind(listing.limit)
                     .bind(listing.author_id)
                 };
-                Ok(query.fetch_all(&self.pool).await?)
+                let rows: Vec<$crate::store::ListedPost> = query.fetch_all(&self.pool).await?;
+                let total_size = match rows.first() {
+                    Some(row) => row.total_size,
+                    // An empty page carries no count: ask for it.
+                    None => $crate::store::Store::count_posts(self, listing.author_id).await?,
+                };
+                Ok($crate::store::Page {
+                    posts: rows.into_iter().map(|row| row.post).collect(),
+                    total_size,
+                })
             }
 
             async fn count_posts(&self, author_id: i64) -> $crate::error::Result<i64> {
@@ -170,23 +187,21 @@ macro_rules! sql_store {
                 content: Option<&$crate::domain::Content>,
             ) -> $crate::error::Result<$crate::store::PostRecord> {
                 let mut tx = self.begin_write().await?;
-                let updated = sqlx::query(
+                let updated: Option<$crate::store::PostRecord> = sqlx::query_as(concat!(
                     "UPDATE posts SET title = COALESCE($3, title), content = COALESCE($4, content), \
                      update_time = $5 WHERE id = $1 AND author_id = $2",
-                )
+                    $crate::store::sql::returning_post!()
+                ))
                 .bind(id)
                 .bind(author_id)
                 .bind(title.map(|t| t.as_str()))
                 .bind(content.map(|c| c.as_str()))
                 .bind($crate::store::now_micros())
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
-                if updated.rows_affected() == 0 {
+                let Some(post) = updated else {
                     return Err(Self::refusal(&mut tx, id, "update").await);
-                }
-                let post = Self::post_in(&mut tx, id)
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("post {id} vanished inside its own transaction"))?;
+                };
                 tx.commit().await?;
                 Ok(post)
             }
