@@ -92,6 +92,34 @@ async fn posts_round_trip_with_their_author(store: Arc<dyn Store>) {
     assert!(store.author_exists(7).await.unwrap());
     assert!(!store.author_exists(8).await.unwrap());
     assert_eq!(store.post(id + 1).await.unwrap(), None);
+    // What a write answers is what a read finds, on either path (the first
+    // post of an unknown author and a later one).
+    for _ in 0..2 {
+        let written = store
+            .create_post(
+                Caller {
+                    id: 9,
+                    username: "carol",
+                },
+                &title("Written"),
+                &content("read back"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            Some(&written),
+            store.post(written.id).await.unwrap().as_ref()
+        );
+        let updated = store
+            .update_post(written.id, 9, Some(&title("Rewritten")), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            Some(&updated),
+            store.post(written.id).await.unwrap().as_ref()
+        );
+        assert_eq!(updated.author_username, "carol");
+    }
 }
 
 async fn a_profile_event_is_authoritative_over_the_token_name(store: Arc<dyn Store>) {

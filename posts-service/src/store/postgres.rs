@@ -23,6 +23,10 @@ impl PgStore {
         Ok(Self { pool })
     }
 
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {
         Ok(self.pool.begin().await?)
     }

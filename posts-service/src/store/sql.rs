@@ -25,26 +25,49 @@ macro_rules! returning_post {
 pub(super) use returning_post;
 
 /// Implements [`Store`](super::Store) for `$store`, a struct with a `pool:
-/// Pool<$db>` field and an inherent `begin_write`.
+/// Pool<$db>` field for reads, an inherent `writer()` giving the pool for
+/// single-statement writes, and an inherent `begin_write` for transactions.
 macro_rules! sql_store {
     ($store:ident, $db:ty) => {
         impl $store {
-            /// After a guarded write touched nothing: why not?
-            async fn refusal(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                id: i64,
-                action: &'static str,
-            ) -> $crate::error::Error {
+            /// After a guarded write touched nothing: why not? (Asked after
+            /// the write: if the post changes hands or goes in between, the
+            /// answer is still one some order of the two calls gives.)
+            async fn refusal(&self, id: i64, action: &'static str) -> $crate::error::Error {
                 let owner: Result<Option<i64>, sqlx::Error> =
                     sqlx::query_scalar("SELECT author_id FROM posts WHERE id = $1")
                         .bind(id)
-                        .fetch_optional(&mut **tx)
+                        .fetch_optional(&self.pool)
                         .await;
                 match owner {
                     Ok(None) => $crate::error::Error::PostNotFound,
                     Ok(Some(_)) => $crate::error::Error::NotAuthor(action),
                     Err(e) => e.into(),
                 }
+            }
+
+            /// Inserts a post by an author who must exist and must not have
+            /// been deleted; `None` if they have been. The statement checks
+            /// for a deletion that committed first; one committing later
+            /// waits on the author row this insert holds, then cascades.
+            async fn insert_post<'e, E: sqlx::Executor<'e, Database = $db>>(
+                executor: E,
+                author_id: i64,
+                title: &$crate::domain::Title,
+                content: &$crate::domain::Content,
+            ) -> Result<Option<$crate::store::PostRecord>, sqlx::Error> {
+                sqlx::query_as(concat!(
+                    "INSERT INTO posts (author_id, title, content, create_time, update_time) \
+                     SELECT $1, $2, $3, $4, $4 \
+                     WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE user_id = $1)",
+                    $crate::store::sql::returning_post!()
+                ))
+                .bind(author_id)
+                .bind(title.as_str())
+                .bind(content.as_str())
+                .bind($crate::store::now_micros())
+                .fetch_optional(executor)
+                .await
             }
         }
 
@@ -65,9 +88,19 @@ macro_rules! sql_store {
                 title: &$crate::domain::Title,
                 content: &$crate::domain::Content,
             ) -> $crate::error::Result<$crate::store::PostRecord> {
-                let mut tx = self.begin_write().await?;
-                // The profile event may not have arrived yet; the token's name
+                let is_unknown_author =
+                    |e: &sqlx::Error| e.as_database_error().is_some_and(|d| d.is_foreign_key_violation());
+                // Nearly always the author is known: one statement, one round
+                // trip, committed on its own.
+                match Self::insert_post(self.writer(), caller.id, title, content).await {
+                    Ok(Some(post)) => return Ok(post),
+                    Ok(None) => return Err($crate::error::Error::InvalidToken),
+                    Err(e) if is_unknown_author(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                // The profile event has not arrived yet: the token's name
                 // stands in until it does. A deleted user is never recreated.
+                let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO authors (id, username, avatar_url) \
                      SELECT $1, $2, '' WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE user_id = $1) \
@@ -77,28 +110,10 @@ macro_rules! sql_store {
                 .bind(caller.username)
                 .execute(&mut *tx)
                 .await?;
-                let now = $crate::store::now_micros();
-                // The insert itself checks for a deletion that committed
-                // first; one committing later waits on the author row this
-                // insert holds, then cascades to the post.
-                let inserted: Result<Option<$crate::store::PostRecord>, sqlx::Error> = sqlx::query_as(concat!(
-                    "INSERT INTO posts (author_id, title, content, create_time, update_time) \
-                     SELECT $1, $2, $3, $4, $4 \
-                     WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE user_id = $1)",
-                    $crate::store::sql::returning_post!()
-                ))
-                .bind(caller.id)
-                .bind(title.as_str())
-                .bind(content.as_str())
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await;
-                let post = match inserted {
+                let post = match Self::insert_post(&mut *tx, caller.id, title, content).await {
                     Ok(Some(post)) => post,
                     Ok(None) => return Err($crate::error::Error::InvalidToken),
-                    Err(e) if e.as_database_error().is_some_and(|d| d.is_foreign_key_violation()) => {
-                        return Err($crate::error::Error::InvalidToken);
-                    }
+                    Err(e) if is_unknown_author(&e) => return Err($crate::error::Error::InvalidToken),
                     Err(e) => return Err(e.into()),
                 };
                 tx.commit().await?;
@@ -186,7 +201,7 @@ macro_rules! sql_store {
                 title: Option<&$crate::domain::Title>,
                 content: Option<&$crate::domain::Content>,
             ) -> $crate::error::Result<$crate::store::PostRecord> {
-                let mut tx = self.begin_write().await?;
+                // The ownership check and the write are one statement.
                 let updated: Option<$crate::store::PostRecord> = sqlx::query_as(concat!(
                     "UPDATE posts SET title = COALESCE($3, title), content = COALESCE($4, content), \
                      update_time = $5 WHERE id = $1 AND author_id = $2",
@@ -197,26 +212,23 @@ macro_rules! sql_store {
                 .bind(title.map(|t| t.as_str()))
                 .bind(content.map(|c| c.as_str()))
                 .bind($crate::store::now_micros())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(self.writer())
                 .await?;
-                let Some(post) = updated else {
-                    return Err(Self::refusal(&mut tx, id, "update").await);
-                };
-                tx.commit().await?;
-                Ok(post)
+                match updated {
+                    Some(post) => Ok(post),
+                    None => Err(self.refusal(id, "update").await),
+                }
             }
 
             async fn delete_post(&self, id: i64, author_id: i64) -> $crate::error::Result<()> {
-                let mut tx = self.begin_write().await?;
                 let deleted = sqlx::query("DELETE FROM posts WHERE id = $1 AND author_id = $2")
                     .bind(id)
                     .bind(author_id)
-                    .execute(&mut *tx)
+                    .execute(self.writer())
                     .await?;
                 if deleted.rows_affected() == 0 {
-                    return Err(Self::refusal(&mut tx, id, "delete").await);
+                    return Err(self.refusal(id, "delete").await);
                 }
-                tx.commit().await?;
                 Ok(())
             }
 

@@ -1,7 +1,6 @@
 //! The SQLite backend: the shared SQL of [`super::sql`] over a WAL database.
-//! Write transactions run on one dedicated connection and begin
-//! `IMMEDIATE`, so writers queue in order instead of colliding in SQLite's
-//! busy handler.
+//! Writes run on one dedicated connection (transactions begin `IMMEDIATE`),
+//! so writers queue in order instead of colliding in SQLite's busy handler.
 
 use std::time::Duration;
 
@@ -30,6 +29,10 @@ impl SqliteStore {
             pool,
             writer: pools.write,
         })
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
