@@ -39,14 +39,22 @@ struct Cli {
     /// Serve the W0 no-op server on this address instead of benchmarking.
     #[arg(long)]
     noop_server: Option<SocketAddr>,
+    /// Print one argon2 verification's time in microseconds and exit (run
+    /// pinned to the servers' core, as the W4 ceiling).
+    #[arg(long)]
+    argon2_probe: bool,
     /// Directory of the release binaries (`blog`, `blog-bench`).
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
+    /// Rounds per workload: each alternates with its reference (W0, or W1
+    /// for W5) and the ratios are medians over rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Calls in flight per workload.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
     /// Measured seconds per workload (after one second of warm-up).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     seconds: u64,
     /// Also run against this PostgreSQL server (databases are created).
     #[arg(long)]
@@ -217,29 +225,117 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// One argon2 verification's duration on this machine, single-threaded.
+/// One argon2 verification's duration on this machine, single-threaded, at
+/// its fastest: the working memory is allocated once and reused, as the
+/// auth-service's hashing threads do.
 fn argon2_verify_time() -> Duration {
-    use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
-    let argon2 = Argon2::new(
-        Algorithm::Argon2id,
-        Version::V0x13,
-        Params::new(19_456, 2, 1, None).unwrap(),
-    );
-    let hash = argon2.hash_password(b"benchmark password").unwrap();
+    use argon2::{Algorithm, Argon2, Block, Params, Version};
+    let params = Params::new(19_456, 2, 1, Some(32)).unwrap();
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let mut memory = vec![Block::default(); params.block_count()];
+    let mut out = [0u8; 32];
+    let mut once = || {
+        argon2
+            .hash_password_into_with_memory(
+                b"benchmark password",
+                b"sixteen byte salt",
+                &mut out,
+                &mut memory,
+            )
+            .unwrap()
+    };
+    once();
     let rounds = 20;
     let start = Instant::now();
     for _ in 0..rounds {
-        argon2
-            .verify_password(b"benchmark password", &hash)
-            .unwrap();
+        once();
     }
     start.elapsed() / rounds
 }
 
-fn row(name: &str, figures: &Figures, reference: Option<(&str, f64)>) -> String {
-    let ratio = reference.map_or(String::new(), |(label, base)| {
-        format!("{:.2} x {label}", figures.per_second / base)
-    });
+/// One argon2 verification's time on the servers' core, now: a probe
+/// process pinned there, so the ceiling is measured on the same core, under
+/// the same conditions, as the logins it is compared with.
+fn argon2_time_on_server_core(cli: &Cli) -> anyhow::Result<Duration> {
+    let bench = cli.bin_dir.join("blog-bench");
+    let output = Command::new("taskset")
+        .arg("-c")
+        .arg(&cli.server_core)
+        .arg(&bench)
+        .arg("--argon2-probe")
+        .output()
+        .context("running the argon2 probe")?;
+    let micros: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .context("the argon2 probe's answer")?;
+    Ok(Duration::from_micros(micros))
+}
+
+/// A workload's call, boxed so that different workloads share a type.
+type Call = Arc<
+    dyn Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>>
+        + Send
+        + Sync,
+>;
+
+fn call<F, Fut>(f: F) -> Call
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send + 'static,
+{
+    Arc::new(move |i| Box::pin(f(i)))
+}
+
+/// Times each of `calls` in turn, and that `rounds` times over: the figures
+/// of every round, per call. This machine's speed drifts within a run; a
+/// ratio taken within one round compares like with like, and the median over
+/// rounds drops the round a neighbour spoiled.
+async fn alternate(
+    concurrency: usize,
+    seconds: u64,
+    rounds: usize,
+    calls: &[Call],
+) -> Vec<Vec<Figures>> {
+    let mut figures = vec![Vec::new(); calls.len()];
+    for _ in 0..rounds {
+        for (k, call) in calls.iter().enumerate() {
+            let call = call.clone();
+            figures[k].push(drive(concurrency, seconds, move |i| call(i)).await);
+        }
+    }
+    figures
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
+/// Each figure's median over rounds (calls and errors are summed).
+fn median_figures(rounds: &[Figures]) -> Figures {
+    let of = |f: fn(&Figures) -> f64| median(rounds.iter().map(f).collect());
+    Figures {
+        ok: rounds.iter().map(|r| r.ok).sum(),
+        errors: rounds.iter().map(|r| r.errors).sum(),
+        per_second: of(|r| r.per_second),
+        p50: Duration::from_secs_f64(of(|r| r.p50.as_secs_f64())),
+        p99: Duration::from_secs_f64(of(|r| r.p99.as_secs_f64())),
+    }
+}
+
+/// The median over rounds of `f(b) / f(a)`, each round's pair taken together.
+fn median_ratio(a: &[Figures], b: &[Figures], f: fn(&Figures) -> f64) -> f64 {
+    median(
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| f(b) / f(a).max(1e-12))
+            .collect(),
+    )
+}
+
+fn row(name: &str, figures: &Figures, ratio: Option<String>) -> String {
+    let ratio = ratio.unwrap_or_default();
     format!(
         "| {name} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
         figures.ok,
@@ -255,8 +351,7 @@ async fn run_backend(
     cli: &Cli,
     label: &str,
     urls: (String, String),
-    w0: &Figures,
-    argon2_ceiling: f64,
+    w0_channel: &Channel,
 ) -> anyhow::Result<()> {
     let blog = cli.bin_dir.join("blog");
     let blog = blog.to_str().context("binary path")?;
@@ -340,22 +435,59 @@ async fn run_backend(
         }
     };
     let mut rows = Vec::new();
-    let w0_rate = Some(("W0", w0.per_second));
-    let mut w1 = None;
+    let r = cli.rounds;
+    let w0 = {
+        let w0_channel = w0_channel.clone();
+        call(move |_| {
+            let mut client = HealthClient::new(w0_channel.clone());
+            async move {
+                client
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .map(|_| ())
+            }
+        })
+    };
+    let rate = |f: &Figures| f.per_second;
+    let p99 = |f: &Figures| f.p99.as_secs_f64();
+    // Each workload alternates with W0, its ceiling, round by round.
     if cli.wants("w1") {
-        let figures = drive(c, s, get_post(true)).await;
-        rows.push(row("W1 GetPost, token", &figures, w0_rate));
-        let plain = drive(c, s, get_post(false)).await;
-        rows.push(row("W1' GetPost, no token", &plain, w0_rate));
-        rows.push(format!(
-            "W1 / W1' = {:.2} (authentication's cost)",
-            figures.per_second / plain.per_second.max(1e-9)
+        let runs = alternate(
+            c,
+            s,
+            r,
+            &[w0.clone(), call(get_post(true)), call(get_post(false))],
+        )
+        .await;
+        rows.push(row(
+            "W0 no-op (bare tonic), with W1",
+            &median_figures(&runs[0]),
+            None,
         ));
-        w1 = Some(figures);
+        rows.push(row(
+            "W1 GetPost, token",
+            &median_figures(&runs[1]),
+            Some(format!(
+                "{:.2} x W0",
+                median_ratio(&runs[0], &runs[1], rate)
+            )),
+        ));
+        rows.push(row(
+            "W1' GetPost, no token",
+            &median_figures(&runs[2]),
+            Some(format!(
+                "{:.2} x W0",
+                median_ratio(&runs[0], &runs[2], rate)
+            )),
+        ));
+        rows.push(format!(
+            "W1 / W1' = {:.2} (authentication's cost; median of per-round ratios)",
+            median_ratio(&runs[2], &runs[1], rate)
+        ));
     }
     if cli.wants("w2") {
         let posts = posts_channel.clone();
-        let figures = drive(c, s, move |_| {
+        let list = call(move |_| {
             let mut client = PostServiceClient::new(posts.clone());
             async move {
                 client
@@ -366,13 +498,25 @@ async fn run_backend(
                     .await
                     .map(|_| ())
             }
-        })
-        .await;
-        rows.push(row("W2 ListPosts (10)", &figures, w0_rate));
+        });
+        let runs = alternate(c, s, r, &[w0.clone(), list]).await;
+        rows.push(row(
+            "W0 no-op (bare tonic), with W2",
+            &median_figures(&runs[0]),
+            None,
+        ));
+        rows.push(row(
+            "W2 ListPosts (10)",
+            &median_figures(&runs[1]),
+            Some(format!(
+                "{:.2} x W0",
+                median_ratio(&runs[0], &runs[1], rate)
+            )),
+        ));
     }
     if cli.wants("w3") {
         let (posts, bearer) = (posts_channel.clone(), bearer.clone());
-        let figures = drive(c, s, move |i| {
+        let create = call(move |i| {
             let mut client = PostServiceClient::new(posts.clone());
             let mut request = Request::new(CreatePostRequest {
                 title: format!("Bench {i}"),
@@ -382,9 +526,21 @@ async fn run_backend(
                 .metadata_mut()
                 .insert("authorization", (*bearer).clone());
             async move { client.create_post(request).await.map(|_| ()) }
-        })
-        .await;
-        rows.push(row("W3 CreatePost", &figures, w0_rate));
+        });
+        let runs = alternate(c, s, r, &[w0.clone(), create]).await;
+        rows.push(row(
+            "W0 no-op (bare tonic), with W3",
+            &median_figures(&runs[0]),
+            None,
+        ));
+        rows.push(row(
+            "W3 CreatePost",
+            &median_figures(&runs[1]),
+            Some(format!(
+                "{:.2} x W0",
+                median_ratio(&runs[0], &runs[1], rate)
+            )),
+        ));
     }
     let login = {
         let auth = auth_channel.clone();
@@ -402,31 +558,71 @@ async fn run_backend(
         }
     };
     if cli.wants("w4") {
+        // The ceiling is timed just before and just after the logins, on
+        // their core: this machine's speed drifts within a run.
+        let before = argon2_time_on_server_core(cli)?;
         let figures = drive(c, s, login.clone()).await;
+        let after = argon2_time_on_server_core(cli)?;
+        // The faster of the two: the ceiling is what the core can do at
+        // its best, so the ratio errs against the service, never for it.
+        let verify = before.min(after);
         rows.push(row(
             "W4 Login",
             &figures,
-            Some(("argon2 ceiling", argon2_ceiling)),
+            Some(format!(
+                "{:.2} x argon2 ceiling",
+                figures.per_second * verify.as_secs_f64()
+            )),
+        ));
+        rows.push(format!(
+            "W4 ceiling: one argon2 verification on the servers' core took {:.1} ms (before) and {:.1} ms (after); the faster gives the ceiling, {:.1} logins/s",
+            before.as_secs_f64() * 1e3,
+            after.as_secs_f64() * 1e3,
+            1.0 / verify.as_secs_f64()
         ));
     }
     if cli.wants("w5") {
-        // Readers while logins flood the same core.
-        let flood = tokio::spawn(drive(c, s + 1, login));
-        let figures = drive(c, s, get_post(true)).await;
-        let _ = flood.await;
-        rows.push(row("W5 GetPost during a Login flood", &figures, None));
-        if let Some(w1) = &w1 {
-            rows.push(format!(
-                "W5 p99 / W1 p99 = {:.2}",
-                figures.p99.as_secs_f64() / w1.p99.as_secs_f64().max(1e-9)
-            ));
+        // Readers alone, then readers while logins flood the same core,
+        // round by round.
+        let readers = call(get_post(true));
+        let mut alone = Vec::new();
+        let mut during = Vec::new();
+        for _ in 0..r {
+            alone.push(
+                drive(c, s, {
+                    let readers = readers.clone();
+                    move |i| readers(i)
+                })
+                .await,
+            );
+            let flood = tokio::spawn(drive(c, s + 1, login.clone()));
+            during.push(
+                drive(c, s, {
+                    let readers = readers.clone();
+                    move |i| readers(i)
+                })
+                .await,
+            );
+            let _ = flood.await;
         }
+        rows.push(row(
+            "W1 alone (W5's reference)",
+            &median_figures(&alone),
+            None,
+        ));
+        rows.push(row(
+            "W5 GetPost during a Login flood",
+            &median_figures(&during),
+            Some(format!(
+                "p99 {:.2} x W1",
+                median_ratio(&alone, &during, p99)
+            )),
+        ));
     }
 
     println!("\n### {label}\n");
     println!("| workload | calls ok | calls/s | p50 ms | p99 ms | errors | ratio |");
     println!("|---|---|---|---|---|---|---|");
-    println!("{}", row("W0 no-op (bare tonic)", w0, None));
     let (table, notes): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.starts_with('|'));
     for line in table {
         println!("{line}");
@@ -480,22 +676,24 @@ async fn noop_server(addr: SocketAddr) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.argon2_probe {
+        println!("{}", argon2_verify_time().as_micros());
+        return Ok(());
+    }
     if let Some(addr) = cli.noop_server {
         return noop_server(addr).await;
     }
 
-    let verify = argon2_verify_time();
-    // The server budget is one core: one verification at a time.
-    let argon2_ceiling = 1.0 / verify.as_secs_f64();
     println!("## blog-bench\n");
     println!(
         "{} calls in flight, {} s measured per workload after 1 s of warm-up; servers pinned to core {}.",
         cli.concurrency, cli.seconds, cli.server_core
     );
     println!(
-        "argon2id (m=19456, t=2, p=1) verification: {:.1} ms, so one core's Login ceiling is {:.1}/s.",
-        verify.as_secs_f64() * 1e3,
-        argon2_ceiling
+        "argon2id (m=19456, t=2, p=1) verification: {:.1} ms on the servers' core at the start; \
+         the server budget is that one core, so Login's ceiling is one verification at a time \
+         (W4 times it again around its own run).",
+        argon2_time_on_server_core(&cli)?.as_secs_f64() * 1e3,
     );
 
     let w0_addr = free_addr();
@@ -508,24 +706,13 @@ async fn main() -> anyhow::Result<()> {
         &[],
     )?;
     let w0_channel = channel(w0_addr).await?;
-    let w0 = drive(cli.concurrency, cli.seconds, move |_| {
-        let mut client = HealthClient::new(w0_channel.clone());
-        async move {
-            client
-                .check(HealthCheckRequest::default())
-                .await
-                .map(|_| ())
-        }
-    })
-    .await;
-    drop(w0_server);
 
     let sqlite_dir = std::env::temp_dir().join(format!("blog-bench-sqlite-{}", std::process::id()));
     let urls = (
         format!("sqlite://{}/auth.db", sqlite_dir.display()),
         format!("sqlite://{}/posts.db", sqlite_dir.display()),
     );
-    run_backend(&cli, "SQLite", urls, &w0, argon2_ceiling).await?;
+    run_backend(&cli, "SQLite", urls, &w0_channel).await?;
     let _ = std::fs::remove_dir_all(&sqlite_dir);
 
     if let Some(base) = &cli.postgres {
@@ -545,8 +732,7 @@ async fn main() -> anyhow::Result<()> {
             &cli,
             "PostgreSQL",
             (format!("{base}/{}", names.0), format!("{base}/{}", names.1)),
-            &w0,
-            argon2_ceiling,
+            &w0_channel,
         )
         .await;
         for name in [&names.0, &names.1] {
@@ -558,5 +744,6 @@ async fn main() -> anyhow::Result<()> {
         }
         result?;
     }
+    drop(w0_server);
     Ok(())
 }
