@@ -334,6 +334,25 @@ fn median_ratio(a: &[Figures], b: &[Figures], f: fn(&Figures) -> f64) -> f64 {
     )
 }
 
+/// Rows for a workload timed in alternation with W0 (`runs[0]`): W0's
+/// figures, then each workload's with its ratio to W0.
+fn rows_against_w0(label: &str, runs: &[Vec<Figures>], names: &[&str]) -> Vec<String> {
+    let mut rows = vec![row(
+        &format!("W0 no-op (bare tonic), with {label}"),
+        &median_figures(&runs[0]),
+        None,
+    )];
+    for (name, figures) in names.iter().zip(&runs[1..]) {
+        let ratio = median_ratio(&runs[0], figures, |f| f.per_second);
+        rows.push(row(
+            name,
+            &median_figures(figures),
+            Some(format!("{ratio:.2} x W0")),
+        ));
+    }
+    rows
+}
+
 fn row(name: &str, figures: &Figures, ratio: Option<String>) -> String {
     let ratio = ratio.unwrap_or_default();
     format!(
@@ -459,26 +478,10 @@ async fn run_backend(
             &[w0.clone(), call(get_post(true)), call(get_post(false))],
         )
         .await;
-        rows.push(row(
-            "W0 no-op (bare tonic), with W1",
-            &median_figures(&runs[0]),
-            None,
-        ));
-        rows.push(row(
-            "W1 GetPost, token",
-            &median_figures(&runs[1]),
-            Some(format!(
-                "{:.2} x W0",
-                median_ratio(&runs[0], &runs[1], rate)
-            )),
-        ));
-        rows.push(row(
-            "W1' GetPost, no token",
-            &median_figures(&runs[2]),
-            Some(format!(
-                "{:.2} x W0",
-                median_ratio(&runs[0], &runs[2], rate)
-            )),
+        rows.extend(rows_against_w0(
+            "W1",
+            &runs,
+            &["W1 GetPost, token", "W1' GetPost, no token"],
         ));
         rows.push(format!(
             "W1 / W1' = {:.2} (authentication's cost; median of per-round ratios)",
@@ -500,19 +503,7 @@ async fn run_backend(
             }
         });
         let runs = alternate(c, s, r, &[w0.clone(), list]).await;
-        rows.push(row(
-            "W0 no-op (bare tonic), with W2",
-            &median_figures(&runs[0]),
-            None,
-        ));
-        rows.push(row(
-            "W2 ListPosts (10)",
-            &median_figures(&runs[1]),
-            Some(format!(
-                "{:.2} x W0",
-                median_ratio(&runs[0], &runs[1], rate)
-            )),
-        ));
+        rows.extend(rows_against_w0("W2", &runs, &["W2 ListPosts (10)"]));
     }
     if cli.wants("w3") {
         let (posts, bearer) = (posts_channel.clone(), bearer.clone());
@@ -528,19 +519,7 @@ async fn run_backend(
             async move { client.create_post(request).await.map(|_| ()) }
         });
         let runs = alternate(c, s, r, &[w0.clone(), create]).await;
-        rows.push(row(
-            "W0 no-op (bare tonic), with W3",
-            &median_figures(&runs[0]),
-            None,
-        ));
-        rows.push(row(
-            "W3 CreatePost",
-            &median_figures(&runs[1]),
-            Some(format!(
-                "{:.2} x W0",
-                median_ratio(&runs[0], &runs[1], rate)
-            )),
-        ));
+        rows.extend(rows_against_w0("W3", &runs, &["W3 CreatePost"]));
     }
     let login = {
         let auth = auth_channel.clone();
