@@ -26,21 +26,24 @@ struct Fixture {
     public_x: String,
 }
 
+/// An Ed25519 signing key as the auth-service publishes it.
+fn jwk(kid: &str, x: &str) -> Jwk {
+    Jwk {
+        kty: "OKP".into(),
+        crv: "Ed25519".into(),
+        kid: kid.into(),
+        alg: "EdDSA".into(),
+        r#use: "sig".into(),
+        x: x.into(),
+    }
+}
+
 fn fixture() -> Fixture {
     let seed = [7u8; 32];
     let public = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
     let public_x = URL_SAFE_NO_PAD.encode(public);
     let verifier = Verifier::new(ISS, AUD, std::time::Duration::from_secs(5));
-    verifier
-        .set_keys(&[Jwk {
-            kty: "OKP".into(),
-            crv: "Ed25519".into(),
-            kid: KID.into(),
-            alg: "EdDSA".into(),
-            r#use: "sig".into(),
-            x: public_x.clone(),
-        }])
-        .unwrap();
+    verifier.set_keys(&[jwk(KID, &public_x)]).unwrap();
     let mut der = PKCS8_PREFIX.to_vec();
     der.extend_from_slice(&seed);
     Fixture {
@@ -444,14 +447,7 @@ fn without_keys_tokens_are_unverifiable_not_invalid() {
 #[test]
 fn jwks_that_are_not_ed25519_signing_keys_are_refused() {
     let verifier = Verifier::new(ISS, AUD, std::time::Duration::ZERO);
-    let good = Jwk {
-        kty: "OKP".into(),
-        crv: "Ed25519".into(),
-        kid: KID.into(),
-        alg: "EdDSA".into(),
-        r#use: "sig".into(),
-        x: fixture().public_x,
-    };
+    let good = jwk(KID, &fixture().public_x);
     let bad = [
         Jwk {
             kty: "RSA".into(),
@@ -500,30 +496,14 @@ fn a_remembered_token_is_refused_once_its_key_is_withdrawn() {
             .verifying_key()
             .to_bytes(),
     );
-    f.verifier
-        .set_keys(&[Jwk {
-            kty: "OKP".into(),
-            crv: "Ed25519".into(),
-            kid: "another-key".into(),
-            alg: "EdDSA".into(),
-            r#use: "sig".into(),
-            x: other,
-        }])
-        .unwrap();
+    f.verifier.set_keys(&[jwk("another-key", &other)]).unwrap();
     assert_eq!(f.refuse(&token), VerifyError::UnknownKey);
 }
 
 #[test]
 fn refetching_the_same_keys_changes_nothing_and_keeps_remembered_tokens() {
     let f = fixture();
-    let same = Jwk {
-        kty: "OKP".into(),
-        crv: "Ed25519".into(),
-        kid: KID.into(),
-        alg: "EdDSA".into(),
-        r#use: "sig".into(),
-        x: f.public_x.clone(),
-    };
+    let same = jwk(KID, &f.public_x);
     assert!(!f.verifier.set_keys(std::slice::from_ref(&same)).unwrap());
     let token = f.valid();
     assert!(f.verifier.verify(&token).is_ok());
@@ -535,16 +515,7 @@ fn refetching_the_same_keys_changes_nothing_and_keeps_remembered_tokens() {
 fn a_remembered_token_still_expires() {
     let f = fixture();
     let verifier = Verifier::new(ISS, AUD, std::time::Duration::ZERO);
-    verifier
-        .set_keys(&[Jwk {
-            kty: "OKP".into(),
-            crv: "Ed25519".into(),
-            kid: KID.into(),
-            alg: "EdDSA".into(),
-            r#use: "sig".into(),
-            x: f.public_x.clone(),
-        }])
-        .unwrap();
+    verifier.set_keys(&[jwk(KID, &f.public_x)]).unwrap();
     let mut claims = claims();
     claims["exp"] = json!(unix_now() + 1);
     let token = f.sign(&header(), &claims);

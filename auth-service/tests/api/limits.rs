@@ -155,13 +155,7 @@ async fn a_connection_that_never_speaks_is_closed_in_bounded_time() {
     // A client that talks is served. (With a 1 s limit, shorter than the
     // 30 s keepalive, the test's own idle channel may have been closed too:
     // in production the limit is longer than the keepalive interval.)
-    let mut client = shared::proto::auth::auth_service_client::AuthServiceClient::connect(format!(
-        "http://{}",
-        app.grpc_addr
-    ))
-    .await
-    .unwrap();
-    client.get_jwks(GetJwksRequest {}).await.unwrap();
+    still_serves(app.grpc_addr).await;
 }
 
 #[tokio::test]
@@ -179,6 +173,17 @@ async fn connections_are_recycled_after_their_maximum_age() {
         .unwrap_or_else(|| panic!("no GOAWAY in {kinds:?}"));
     assert_eq!(&goaway.1[4..8], &[0, 0, 0, 0], "GOAWAY with NO_ERROR");
     assert!(closed, "the aged connection was not closed: {kinds:?}");
+}
+
+/// A new client on `addr` is answered: whatever happened to one connection,
+/// the server itself is fine.
+async fn still_serves(addr: std::net::SocketAddr) {
+    let mut client = shared::proto::auth::auth_service_client::AuthServiceClient::connect(format!(
+        "http://{addr}"
+    ))
+    .await
+    .unwrap();
+    client.get_jwks(GetJwksRequest {}).await.unwrap();
 }
 
 /// A frame: 24-bit length, type, flags, stream id.
@@ -240,13 +245,7 @@ async fn a_rapid_reset_flood_gets_the_connection_closed() {
         "the flood was tolerated: {kinds:?}"
     );
     // The server itself is fine.
-    let mut client = shared::proto::auth::auth_service_client::AuthServiceClient::connect(format!(
-        "http://{}",
-        app.grpc_addr
-    ))
-    .await
-    .unwrap();
-    client.get_jwks(GetJwksRequest {}).await.unwrap();
+    still_serves(app.grpc_addr).await;
 }
 
 #[tokio::test]
