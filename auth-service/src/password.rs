@@ -32,6 +32,10 @@ const SALT_LEN: usize = 16;
 /// Bytes of output in a new hash.
 const OUTPUT_LEN: usize = 32;
 
+/// The most argon2 memory a hash may use, in 1 KiB blocks: 256 MiB, thirteen
+/// times ours, room for stronger parameters later.
+const MAX_BLOCKS: usize = 256 * 1024;
+
 /// How much lower than the async workers the hashing threads run (a nice
 /// value: 10 weighs about a tenth of a normal thread when the core is
 /// contended, and nothing when it is not).
@@ -56,8 +60,14 @@ fn argon2_into(
     salt: &[u8],
     out: &mut [u8],
 ) -> anyhow::Result<()> {
+    let blocks = params.block_count();
+    // A stored hash names its own cost; one asking for more than this is
+    // refused rather than allowed to take the process's memory (the buffer
+    // is kept for the thread's life).
+    if blocks > MAX_BLOCKS {
+        anyhow::bail!("argon2 parameters ask for {blocks} KiB, more than {MAX_BLOCKS} KiB");
+    }
     MEMORY.with_borrow_mut(|memory| {
-        let blocks = params.block_count();
         if memory.len() < blocks {
             memory.resize(blocks, Block::default());
         }
@@ -298,6 +308,14 @@ mod compatibility_tests {
         assert!(verify_here(b"second", &small).unwrap());
         assert!(verify_here(b"first", &big).unwrap());
         assert!(!verify_here(b"second", &big).unwrap());
+    }
+
+    #[test]
+    fn a_stored_hash_asking_for_gigabytes_is_refused_without_allocating() {
+        let greedy = "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHRzYWx0$\
+                      YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXphYmNkZWY";
+        let refused = verify_here(b"x", greedy).unwrap_err();
+        assert!(refused.to_string().contains("more than"), "{refused}");
     }
 
     #[test]
