@@ -64,15 +64,38 @@ struct Cli {
     server_core: String,
     /// Run only these workloads (e.g. `w2,w3`), to profile one at a time;
     /// the servers' process ids are printed so `perf record -p` can attach.
+    /// W0 always runs: it is the others' reference.
     #[arg(long, value_delimiter = ',')]
-    only: Vec<String>,
+    only: Vec<Workload>,
+}
+
+/// A workload that `--only` can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Workload {
+    W1,
+    W2,
+    W3,
+    W4,
+    W5,
 }
 
 impl Cli {
-    /// Whether workload `name` (`w0`, `w1`, ... `w5`) is to run.
-    fn wants(&self, name: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|w| w.eq_ignore_ascii_case(name))
+    /// Whether `workload` is to run.
+    fn wants(&self, workload: Workload) -> bool {
+        self.only.is_empty() || self.only.contains(&workload)
     }
+}
+
+/// A bearer token as request metadata.
+type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// `message` as a request carrying `bearer`.
+fn authorized<T>(message: T, bearer: &Bearer) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    request
 }
 
 /// The figures of one workload.
@@ -417,16 +440,16 @@ async fn run_backend(
         .await?
         .into_inner()
         .access_token;
-    let bearer = Arc::new(format!("Bearer {token}").parse::<tonic::metadata::MetadataValue<_>>()?);
+    let bearer: Arc<Bearer> = Arc::new(format!("Bearer {token}").parse()?);
     let mut ids = Vec::new();
     for i in 0..200 {
-        let mut request = Request::new(CreatePostRequest {
-            title: format!("Post {i}"),
-            content: "Some words about benchmarks.".into(),
-        });
-        request
-            .metadata_mut()
-            .insert("authorization", (*bearer).clone());
+        let request = authorized(
+            CreatePostRequest {
+                title: format!("Post {i}"),
+                content: "Some words about benchmarks.".into(),
+            },
+            &bearer,
+        );
         ids.push(
             PostServiceClient::new(posts_channel.clone())
                 .create_post(request)
@@ -442,14 +465,14 @@ async fn run_backend(
         let (posts, ids, bearer) = (posts_channel.clone(), ids.clone(), bearer.clone());
         move |i: usize| {
             let mut client = PostServiceClient::new(posts.clone());
-            let mut request = Request::new(GetPostRequest {
+            let message = GetPostRequest {
                 id: ids[i % ids.len()],
-            });
-            if with_token {
-                request
-                    .metadata_mut()
-                    .insert("authorization", (*bearer).clone());
-            }
+            };
+            let request = if with_token {
+                authorized(message, &bearer)
+            } else {
+                Request::new(message)
+            };
             async move { client.get_post(request).await.map(|_| ()) }
         }
     };
@@ -470,7 +493,7 @@ async fn run_backend(
     let rate = |f: &Figures| f.per_second;
     let p99 = |f: &Figures| f.p99.as_secs_f64();
     // Each workload alternates with W0, its ceiling, round by round.
-    if cli.wants("w1") {
+    if cli.wants(Workload::W1) {
         let runs = alternate(
             c,
             s,
@@ -488,7 +511,7 @@ async fn run_backend(
             median_ratio(&runs[2], &runs[1], rate)
         ));
     }
-    if cli.wants("w2") {
+    if cli.wants(Workload::W2) {
         let posts = posts_channel.clone();
         let list = call(move |_| {
             let mut client = PostServiceClient::new(posts.clone());
@@ -505,17 +528,17 @@ async fn run_backend(
         let runs = alternate(c, s, r, &[w0.clone(), list]).await;
         rows.extend(rows_against_w0("W2", &runs, &["W2 ListPosts (10)"]));
     }
-    if cli.wants("w3") {
+    if cli.wants(Workload::W3) {
         let (posts, bearer) = (posts_channel.clone(), bearer.clone());
         let create = call(move |i| {
             let mut client = PostServiceClient::new(posts.clone());
-            let mut request = Request::new(CreatePostRequest {
-                title: format!("Bench {i}"),
-                content: "Written under load.".into(),
-            });
-            request
-                .metadata_mut()
-                .insert("authorization", (*bearer).clone());
+            let request = authorized(
+                CreatePostRequest {
+                    title: format!("Bench {i}"),
+                    content: "Written under load.".into(),
+                },
+                &bearer,
+            );
             async move { client.create_post(request).await.map(|_| ()) }
         });
         let runs = alternate(c, s, r, &[w0.clone(), create]).await;
@@ -536,7 +559,7 @@ async fn run_backend(
             }
         }
     };
-    if cli.wants("w4") {
+    if cli.wants(Workload::W4) {
         // Each round times the ceiling on the logins' core just before and
         // just after them and takes the faster: the ceiling is what the core
         // can do at its best, so the ratio errs against the service.
@@ -566,7 +589,7 @@ async fn run_backend(
                 .join(", ")
         ));
     }
-    if cli.wants("w5") {
+    if cli.wants(Workload::W5) {
         // Readers alone, then readers while logins flood the same core,
         // round by round.
         let readers = call(get_post(true));
