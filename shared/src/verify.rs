@@ -127,20 +127,29 @@ pub struct BadJwk {
     pub reason: &'static str,
 }
 
+/// The keys and what was verified with them, kept under one lock so that a
+/// token checked with a key that has just been removed can never be
+/// remembered after the removal.
+struct KeyState {
+    /// Public keys by `kid`. A new set is a new `Arc`, which is also how a
+    /// verification tells whether the set changed while it ran.
+    keys: Arc<HashMap<String, DecodingKey>>,
+    /// The `(kid, x)` pairs of those keys, sorted: tells a refetch of the
+    /// same set from a real change.
+    fingerprint: Vec<(String, String)>,
+    /// Tokens already verified with these keys, by SHA-256: a hit skips the
+    /// signature check but not the expiry check. Emptied with every key
+    /// change; bounded by [`VERIFIED_CACHE_SIZE`].
+    verified: HashMap<[u8; 32], Identity>,
+}
+
 /// Verifies access tokens against a replaceable set of Ed25519 public keys.
 ///
 /// Cheap to share: clone the `Arc` it usually lives in. Key replacement is a
 /// pointer swap, so verification never waits on a refresh.
 pub struct Verifier {
-    /// Public keys by `kid`.
-    keys: RwLock<Arc<HashMap<String, DecodingKey>>>,
-    /// The `(kid, x)` pairs of those keys, sorted: tells a refetch of the
-    /// same set from a real change.
-    fingerprint: RwLock<Vec<(String, String)>>,
-    /// Tokens already verified with the current keys, by SHA-256: a hit
-    /// skips the signature check but not the expiry check. Cleared when the
-    /// keys change; bounded by [`VERIFIED_CACHE_SIZE`].
-    verified: RwLock<HashMap<[u8; 32], Identity>>,
+    /// The keys and the tokens verified with them.
+    state: RwLock<KeyState>,
     /// The pinned validation rules, built once.
     validation: Validation,
     /// Tolerated clock skew, seconds.
@@ -160,12 +169,22 @@ impl Verifier {
         validation.validate_nbf = true;
         validation.leeway = leeway;
         Self {
-            keys: RwLock::new(Arc::new(HashMap::new())),
-            fingerprint: RwLock::new(Vec::new()),
-            verified: RwLock::new(HashMap::new()),
+            state: RwLock::new(KeyState {
+                keys: Arc::new(HashMap::new()),
+                fingerprint: Vec::new(),
+                verified: HashMap::new(),
+            }),
             validation,
             leeway: leeway as i64,
         }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KeyState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, KeyState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Replaces the key set with `jwks`; `Ok(false)` when it is the set
@@ -176,7 +195,7 @@ impl Verifier {
         let mut fingerprint: Vec<(String, String)> =
             jwks.iter().map(|k| (k.kid.clone(), k.x.clone())).collect();
         fingerprint.sort();
-        if *self.fingerprint.read().unwrap_or_else(|e| e.into_inner()) == fingerprint {
+        if self.read().fingerprint == fingerprint {
             return Ok(false);
         }
         let mut keys = HashMap::with_capacity(jwks.len());
@@ -208,13 +227,11 @@ impl Verifier {
             let key = DecodingKey::from_ed_der(&x);
             keys.insert(jwk.kid.clone(), key);
         }
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
-        *self.fingerprint.write().unwrap_or_else(|e| e.into_inner()) = fingerprint;
+        let mut state = self.write();
+        state.keys = Arc::new(keys);
+        state.fingerprint = fingerprint;
         // A token verified with a key that is gone must be checked again.
-        self.verified
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        state.verified.clear();
         Ok(true)
     }
 
@@ -229,7 +246,7 @@ impl Verifier {
     }
 
     fn current_keys(&self) -> Arc<HashMap<String, DecodingKey>> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.read().keys.clone()
     }
 
     /// Checks `token` and returns who it speaks for.
@@ -238,12 +255,7 @@ impl Verifier {
             return Err(VerifyError::TooLarge);
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let cached = self
-            .verified
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&digest)
-            .cloned();
+        let cached = self.read().verified.get(&digest).cloned();
         if let Some(identity) = cached {
             // The same bytes passed every check before; only time has moved.
             return if identity.expires_at + self.leeway < unix_now() {
@@ -252,17 +264,36 @@ impl Verifier {
                 Ok(identity)
             };
         }
-        let identity = self.verify_uncached(token)?;
-        let mut verified = self.verified.write().unwrap_or_else(|e| e.into_inner());
-        if verified.len() >= VERIFIED_CACHE_SIZE {
-            verified.clear();
-        }
-        verified.insert(digest, identity.clone());
+        let keys = self.current_keys();
+        let identity = self.verify_uncached(token, &keys)?;
+        self.remember(&keys, digest, &identity);
         Ok(identity)
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<Identity, VerifyError> {
-        let keys = self.current_keys();
+    /// Remembers a token verified with `keys`, unless the key set has changed
+    /// since: then the token is checked again next time, against the keys
+    /// that are current.
+    fn remember(
+        &self,
+        keys: &Arc<HashMap<String, DecodingKey>>,
+        digest: [u8; 32],
+        identity: &Identity,
+    ) {
+        let mut state = self.write();
+        if !Arc::ptr_eq(&state.keys, keys) {
+            return;
+        }
+        if state.verified.len() >= VERIFIED_CACHE_SIZE {
+            state.verified.clear();
+        }
+        state.verified.insert(digest, identity.clone());
+    }
+
+    fn verify_uncached(
+        &self,
+        token: &str,
+        keys: &HashMap<String, DecodingKey>,
+    ) -> Result<Identity, VerifyError> {
         if keys.is_empty() {
             return Err(VerifyError::NoKeys);
         }
@@ -334,4 +365,78 @@ pub fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{EncodingKey, Header};
+
+    use super::*;
+
+    /// A public key as published, and a token it verifies, for key `seed`.
+    fn key_and_token(seed: u8, kid: &str) -> (Jwk, String) {
+        let seed = [seed; 32];
+        let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes();
+        let jwk = Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            kid: kid.into(),
+            alg: "EdDSA".into(),
+            r#use: "sig".into(),
+            x: URL_SAFE_NO_PAD.encode(public),
+        };
+        // PKCS#8 v1 prefix of an Ed25519 seed (RFC 8410).
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend_from_slice(&seed);
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(ACCESS_TOKEN_TYPE.into());
+        header.kid = Some(kid.into());
+        let now = unix_now();
+        let claims = Claims {
+            iss: "iss".into(),
+            aud: "aud".into(),
+            sub: "7".into(),
+            sid: "s".into(),
+            preferred_username: "u".into(),
+            iat: now,
+            nbf: now,
+            exp: now + 600,
+            jti: "j".into(),
+        };
+        let token =
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&der)).unwrap();
+        (jwk, token)
+    }
+
+    #[test]
+    fn a_token_checked_while_its_key_was_removed_is_not_remembered() {
+        let verifier = Verifier::new("iss", "aud", Duration::from_secs(5));
+        let (old, token) = key_and_token(1, "old");
+        let (new, _) = key_and_token(2, "new");
+        verifier.set_keys(std::slice::from_ref(&old)).unwrap();
+
+        // A verification that read the old keys, then lost the race with a
+        // key change, tries to remember its result afterwards.
+        let keys = verifier.current_keys();
+        let identity = verifier.verify_uncached(&token, &keys).unwrap();
+        verifier.set_keys(&[new]).unwrap();
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        verifier.remember(&keys, digest, &identity);
+
+        assert_eq!(verifier.verify(&token), Err(VerifyError::UnknownKey));
+    }
+
+    #[test]
+    fn a_token_checked_with_the_current_keys_is_remembered() {
+        let verifier = Verifier::new("iss", "aud", Duration::from_secs(5));
+        let (key, token) = key_and_token(1, "k");
+        verifier.set_keys(&[key]).unwrap();
+        assert!(verifier.verify(&token).is_ok());
+        assert_eq!(verifier.read().verified.len(), 1);
+    }
 }
