@@ -663,6 +663,7 @@ async fn noop_server(addr: SocketAddr) -> anyhow::Result<()> {
         data_dir: std::env::temp_dir(),
         reflection: false,
         request_timeout_secs: 30,
+        request_message_timeout_secs: 10,
         max_concurrent_calls: 100_000,
         max_connection_age_secs: 1800,
         connection_idle_timeout_secs: 75,

@@ -45,8 +45,14 @@ pub struct CommonConfig {
     /// Longest time one call may take, in seconds.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
-    /// Most calls served at once by this process; beyond it calls are
-    /// refused at once with RESOURCE_EXHAUSTED rather than queued.
+    /// How long a client has to send its request message once it has sent
+    /// the call's headers, in seconds (a large message gets a second more
+    /// per 64 KiB that arrives). A call past it is answered
+    /// DEADLINE_EXCEEDED.
+    #[arg(long, env = "REQUEST_MESSAGE_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_message_timeout_secs: u64,
+    /// Most calls whose handlers run at once in this process; beyond it
+    /// calls are refused at once with RESOURCE_EXHAUSTED rather than queued.
     #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 1024)]
     pub max_concurrent_calls: usize,
     /// Connections are closed (gracefully) after this many seconds, so
@@ -104,6 +110,11 @@ impl CommonConfig {
     /// Lifetime of an access token.
     pub fn access_token_ttl(&self) -> Duration {
         Duration::from_secs(self.access_token_ttl_secs)
+    }
+
+    /// How long a request message may take to arrive.
+    pub fn request_message_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_message_timeout_secs.max(1))
     }
 
     /// Longest time one call may take.

@@ -89,7 +89,7 @@ impl AuthInterceptor {
         self
     }
 
-    fn refused(&self, reason: &str) {
+    fn refused(&self, reason: &'static str) {
         tracing::debug!(reason, "token refused");
         if let Some(metrics) = &self.metrics {
             metrics.token_rejected(reason);

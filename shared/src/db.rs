@@ -42,8 +42,11 @@ pub async fn open_sqlite(url: &str, acquire_timeout: Duration) -> Result<SqliteP
     if let Some(dir) = options.get_filename().parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir)?;
+        create_private_dir(dir)?;
     }
+    // The file holds password hashes and signing keys: only this user may
+    // read it. SQLite gives its journal files the database file's mode.
+    create_private_file(options.get_filename())?;
     let pool = |size| {
         SqlitePoolOptions::new()
             .max_connections(size)
@@ -57,6 +60,33 @@ pub async fn open_sqlite(url: &str, acquire_timeout: Duration) -> Result<SqliteP
     let read = pool(sqlite_readers()).connect_with(options.clone()).await?;
     let write = pool(1).connect_with(options).await?;
     Ok(SqlitePools { read, write })
+}
+
+/// Creates `dir` (and its parents) if missing; a directory this creates is
+/// readable by its owner only.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates an empty file at `path`, readable and writable by its owner only,
+/// unless one exists already.
+fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// How many read connections an SQLite pool opens: two per core the process
@@ -149,6 +179,11 @@ pub fn now_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+/// Microseconds since the epoch from a protobuf timestamp.
+pub fn micros(timestamp: &prost_types::Timestamp) -> i64 {
+    timestamp.seconds * 1_000_000 + i64::from(timestamp.nanos) / 1_000
 }
 
 /// A protobuf timestamp from microseconds since the epoch.

@@ -1,28 +1,99 @@
 //! The plain HTTP side both services run beside gRPC: serving a router until
 //! the service stops, and the `/metrics` response.
+//!
+//! The server is bounded like the gRPC side: at most
+//! [`MAX_HTTP_CONNECTIONS`](crate::conn::MAX_HTTP_CONNECTIONS) connections
+//! (counted against the process's descriptor budget too), request headers
+//! that must arrive within [`HEADER_TIMEOUT`], and connections closed after
+//! [`IDLE_TIMEOUT`] of silence.
+
+use std::{pin::pin, time::Duration};
 
 use axum::{
     Router,
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::{db::PoolStatus, observe::Metrics};
+use crate::{
+    conn::{ConnectionCap, Guarded, MAX_HTTP_CONNECTIONS},
+    db::PoolStatus,
+    observe::Metrics,
+};
+
+/// How long a client has to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection silent this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stop waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `stop` is cancelled, letting requests
 /// in flight finish. Errors are logged: the HTTP side going down must not
 /// take the gRPC service with it.
 pub fn spawn(listener: TcpListener, router: Router, stop: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::warn!(error = %e, "HTTP server error");
-        }
+    tokio::spawn(serve(listener, router, stop))
+}
+
+async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+    let cap = ConnectionCap::new(MAX_HTTP_CONNECTIONS);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        while connections.try_join_next().is_some() {}
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, most likely: wait for some to close
+                // rather than spin.
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(slots) = cap.admit() else {
+            tracing::debug!("HTTP connection refused: too many open connections");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(Guarded::new(stream, IDLE_TIMEOUT, Some(slots)));
+        let service = TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let mut connection = pin!(builder.serve_connection(io, service));
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
     })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("HTTP connections still open after the drain period: closed");
+    }
 }
 
 /// `/metrics`: everything in `metrics`, with the pool's state refreshed first.

@@ -6,18 +6,24 @@
 //!   [`CurrentUser`](current_user::CurrentUser) helper handlers call.
 //! - [`status`]: the fixed status messages and field-violation errors.
 //! - [`server`]: transport limits, health, reflection and shutdown.
+//! - [`admission`]: which calls a server takes on, and what they may hold.
 //! - [`conn`]: accepted connections, closed when silent too long.
+//! - [`methods`]: the methods our servers answer, from the descriptors.
+//! - [`limits`]: rate limits and guess throttles.
 //! - [`observe`]: per-call spans, logs, metrics and request ids.
 //! - [`http`]: the plain HTTP side's server and `/metrics` response.
 //! - [`config`]: settings both services read, and logging setup.
 //! - [`db`]: opening databases, classifying their errors, stored times.
 //! - [`secret`]: random tokens, hashing and constant-time comparison.
 
+pub mod admission;
 pub mod config;
 pub mod conn;
 pub mod current_user;
 pub mod db;
 pub mod http;
+pub mod limits;
+pub mod methods;
 pub mod observe;
 pub mod proto;
 pub mod secret;

@@ -26,38 +26,39 @@ use tower::{Layer, Service};
 /// The header carrying a request id.
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// Labels of a finished call.
+/// Labels of a finished call. Every value comes from a fixed set (the known
+/// methods, `unknown`, the status codes), so a client cannot grow them.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
-    /// Full service name, e.g. `blog.posts.v1.PostService`.
-    pub service: String,
-    /// Method name, e.g. `CreatePost`.
-    pub method: String,
+    /// Full service name, e.g. `blog.posts.v1.PostService`, or `unknown`.
+    pub service: &'static str,
+    /// Method name, e.g. `CreatePost`, or `unknown`.
+    pub method: &'static str,
     /// Status code name, e.g. `OK`, `NOT_FOUND`.
-    pub code: String,
+    pub code: &'static str,
 }
 
 /// Labels of a call's latency.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
-    /// Full service name.
-    pub service: String,
-    /// Method name.
-    pub method: String,
+    /// Full service name, or `unknown`.
+    pub service: &'static str,
+    /// Method name, or `unknown`.
+    pub method: &'static str,
 }
 
 /// Labels of the database pool gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     /// `in_use`, `idle` or `max`.
-    pub state: String,
+    pub state: &'static str,
 }
 
 /// Labels of a refused token.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     /// Why it was refused (see `VerifyError::reason`).
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
@@ -142,19 +143,15 @@ impl Metrics {
             ("max", pool.max),
         ] {
             self.db_pool
-                .get_or_create(&PoolLabels {
-                    state: state.to_owned(),
-                })
+                .get_or_create(&PoolLabels { state })
                 .set(i64::from(value));
         }
     }
 
     /// Counts a refused token.
-    pub fn token_rejected(&self, reason: &str) {
+    pub fn token_rejected(&self, reason: &'static str) {
         self.token_rejections
-            .get_or_create(&ReasonLabels {
-                reason: reason.to_owned(),
-            })
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 }
@@ -228,18 +225,19 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
+    S::Error: Into<tower::BoxError>,
     ReqBody: Send + 'static,
 {
     type Response = Response<ObservedBody<ResBody>>;
-    type Error = S::Error;
+    type Error = tower::BoxError;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let (service, method) = split_path(request.uri().path());
+        let method = crate::methods::lookup(request.uri().path());
         let request_id = request
             .headers()
             .get(REQUEST_ID)
@@ -249,16 +247,16 @@ where
         request.headers_mut().insert(REQUEST_ID, request_id.clone());
         let span = tracing::info_span!(
             "rpc",
-            service = %service,
-            method = %method,
+            service = method.service,
+            method = method.name,
             request_id = request_id.to_str().unwrap_or_default(),
         );
-        let call = Call {
+        let mut call = Call {
             metrics: self.metrics.clone(),
-            service,
             method,
             start: Instant::now(),
             span: span.clone(),
+            finished: false,
         };
         // Take the service that was polled ready; leave a fresh clone.
         let clone = self.inner.clone();
@@ -268,11 +266,17 @@ where
                 let _entered = span.enter();
                 inner.call(request)
             };
-            let mut response = tracing::Instrument::instrument(response, span)
-                .await
-                .inspect_err(|_| {
-                    call.clone().finish(Code::Internal);
-                })?;
+            let mut response = match tracing::Instrument::instrument(response, span).await {
+                Ok(response) => response,
+                Err(e) => {
+                    // A layer below refused the call with an error that tonic
+                    // turns into a status further out: make that status here,
+                    // so it is counted as what the client receives.
+                    let status = tonic::Status::from_error(e.into());
+                    call.finish(status.code());
+                    return Err(Box::new(status) as tower::BoxError);
+                }
+            };
             response.headers_mut().insert(REQUEST_ID, request_id);
             // An early error carries its status in the headers; otherwise it
             // comes in the trailers at the end of the body.
@@ -292,15 +296,6 @@ where
     }
 }
 
-/// `/pkg.Service/Method` as `(pkg.Service, Method)`.
-fn split_path(path: &str) -> (String, String) {
-    let path = path.trim_start_matches('/');
-    match path.split_once('/') {
-        Some((service, method)) => (service.to_owned(), method.to_owned()),
-        None => (path.to_owned(), String::new()),
-    }
-}
-
 fn is_good_request_id(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
@@ -314,34 +309,41 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(&id).expect("hex is a valid header value")
 }
 
-/// A call in flight, recorded once when its status is known.
-#[derive(Clone)]
+/// A call in flight, recorded once when its status is known, or as
+/// `CANCELLED` if it is dropped before that (the client went away, or the
+/// server's own deadline cut it short).
 struct Call {
+    /// Where it is counted.
     metrics: Arc<Metrics>,
-    service: String,
-    method: String,
+    /// What was called.
+    method: &'static crate::methods::Method,
+    /// When it arrived.
     start: Instant,
+    /// Its span, for the closing log line.
     span: tracing::Span,
+    /// Whether it has been recorded.
+    finished: bool,
 }
 
 impl Call {
-    fn finish(self, code: Code) {
+    fn finish(&mut self, code: Code) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
         let elapsed = self.start.elapsed();
         let name = code_name(code);
+        let (service, method) = (self.method.service, self.method.name);
         self.metrics
             .calls
             .get_or_create(&CallLabels {
-                service: self.service.clone(),
-                method: self.method.clone(),
-                code: name.to_owned(),
+                service,
+                method,
+                code: name,
             })
             .inc();
         self.metrics
             .latency
-            .get_or_create(&MethodLabels {
-                service: self.service,
-                method: self.method,
-            })
+            .get_or_create(&MethodLabels { service, method })
             .observe(elapsed.as_secs_f64());
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         self.span.in_scope(|| {
@@ -354,21 +356,19 @@ impl Call {
     }
 }
 
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// A response body that records its call when the trailers go out.
+    /// A response body that records its call when the trailers go out (or,
+    /// dropped before the end, as cancelled).
     pub struct ObservedBody<B> {
         #[pin]
         inner: B,
         call: Option<Call>,
-    }
-
-    impl<B> PinnedDrop for ObservedBody<B> {
-        fn drop(this: Pin<&mut Self>) {
-            // Dropped before the end: the client went away.
-            if let Some(call) = this.project().call.take() {
-                call.finish(Code::Cancelled);
-            }
-        }
     }
 }
 
@@ -385,7 +385,7 @@ impl<B: Body> Body for ObservedBody<B> {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref()
-                    && let Some(call) = this.call.take()
+                    && let Some(mut call) = this.call.take()
                 {
                     let code = trailers
                         .get("grpc-status")
@@ -394,12 +394,12 @@ impl<B: Body> Body for ObservedBody<B> {
                 }
             }
             Poll::Ready(Some(Err(_))) => {
-                if let Some(call) = this.call.take() {
+                if let Some(mut call) = this.call.take() {
                     call.finish(Code::Internal);
                 }
             }
             Poll::Ready(None) => {
-                if let Some(call) = this.call.take() {
+                if let Some(mut call) = this.call.take() {
                     call.finish(Code::Unknown);
                 }
             }
@@ -420,18 +420,6 @@ impl<B: Body> Body for ObservedBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_split_into_service_and_method() {
-        assert_eq!(
-            split_path("/blog.posts.v1.PostService/CreatePost"),
-            (
-                "blog.posts.v1.PostService".to_owned(),
-                "CreatePost".to_owned()
-            )
-        );
-        assert_eq!(split_path("/odd"), ("odd".to_owned(), String::new()));
-    }
 
     #[test]
     fn request_ids_are_bounded_visible_ascii() {

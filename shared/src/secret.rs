@@ -46,7 +46,7 @@ pub fn internal_token(configured: Option<&str>, data_dir: &Path) -> io::Result<S
         return Ok(token.to_owned());
     }
     let path = data_dir.join("internal-token");
-    fs::create_dir_all(data_dir)?;
+    crate::db::create_private_dir(data_dir)?;
     match create_private(&path) {
         Ok(mut file) => {
             let token = random_token();

@@ -5,14 +5,10 @@
 use std::{sync::Arc, time::Duration};
 
 use tonic::transport::{Server, server::Router};
-use tower::{
-    ServiceBuilder,
-    layer::util::{Identity, Stack},
-    limit::GlobalConcurrencyLimitLayer,
-    load_shed::LoadShedLayer,
-};
+use tower::layer::util::{Identity, Stack};
 
 use crate::{
+    admission::{AdmissionLayer, Limits},
     config::CommonConfig,
     observe::{Metrics, ObserveLayer},
     proto::FILE_DESCRIPTOR_SET,
@@ -24,19 +20,18 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 pub const MAX_HEADER_BYTES: u32 = 16 * 1024;
 
 /// The layers every server here puts around its services: observation
-/// outermost (so refused calls are counted too), then a process-wide bound
-/// on calls in flight that sheds load instead of queueing it.
-pub type Layers = Stack<
-    ServiceBuilder<Stack<GlobalConcurrencyLimitLayer, Stack<LoadShedLayer, Identity>>>,
-    Stack<ObserveLayer, Identity>,
->;
+/// outermost (so refused calls are counted too), then admission (see
+/// [`crate::admission`]), which refuses what it cannot take on at once.
+pub type Layers = Stack<AdmissionLayer, Stack<ObserveLayer, Identity>>;
 
 /// A tonic server with the limits every service here runs under: bounded
-/// streams per connection and calls per process (excess refused at once
-/// with RESOURCE_EXHAUSTED), bounded metadata, reset-stream floods cut off,
+/// streams per connection (announced in SETTINGS), calls admitted within
+/// [`crate::admission`]'s bounds (excess refused at once with
+/// RESOURCE_EXHAUSTED), bounded metadata, reset-stream floods cut off,
 /// keepalive that notices dead peers, connections recycled (a graceful
-/// GOAWAY) after `MAX_CONNECTION_AGE_SECS`, and a per-call timeout. With `tls`, it speaks
-/// TLS only (and demands client certificates if the settings say so).
+/// GOAWAY) after `MAX_CONNECTION_AGE_SECS`, and a per-call timeout. With
+/// `tls`, it speaks TLS only (and demands client certificates if the
+/// settings say so).
 pub fn builder(
     config: &CommonConfig,
     metrics: Arc<Metrics>,
@@ -48,8 +43,6 @@ pub fn builder(
     }
     Ok(server
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
-        .load_shed(true)
         .http2_keepalive_interval(Some(config.keepalive_interval()))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .http2_max_pending_accept_reset_streams(Some(64))
@@ -61,9 +54,10 @@ pub fn builder(
         .tcp_nodelay(true)
         .timeout(config.request_timeout())
         .layer(ObserveLayer::new(metrics))
-        .layer(ServiceBuilder::new().layer(LoadShedLayer::new()).layer(
-            GlobalConcurrencyLimitLayer::new(config.max_concurrent_calls.max(1)),
-        )))
+        .layer(AdmissionLayer::new(Limits::new(
+            config.max_concurrent_calls,
+            config.request_message_timeout(),
+        ))))
 }
 
 /// Adds reflection (v1 and v1alpha) for the whole contract plus

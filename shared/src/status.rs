@@ -39,6 +39,19 @@ pub fn internal(cause: &dyn std::fmt::Debug) -> Status {
     Status::internal(INTERNAL)
 }
 
+/// `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` saying when to try
+/// again, in whole seconds rounded up so that a client never retries early.
+pub fn resource_exhausted(message: impl Into<String>, retry_after: std::time::Duration) -> Status {
+    let retry_after = std::time::Duration::from_secs(
+        retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+    );
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
+}
+
 /// Collects what is wrong with a request, field by field, so a client learns
 /// every problem in one round trip. Becomes `INVALID_ARGUMENT` with a
 /// `google.rpc.BadRequest` detail.
