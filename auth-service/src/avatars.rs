@@ -1,5 +1,7 @@
-//! Profile pictures: processed on the blocking pool (a bounded number at a
-//! time), kept in an object store (local files by default, S3 when
+//! Profile pictures: processed on the blocking pool, one per core at a time
+//! and within a memory budget ([`MAX_PROCESSING_BYTES`], each conversion
+//! reserving what its header says it can take before anything is decoded),
+//! kept in an object store (local files by default, S3 when
 //! configured) under fresh random keys, and addressed by absolute URLs.
 //!
 //! Keys are never reused, so a stored object never changes and may be cached
@@ -26,6 +28,11 @@ use crate::{
 const PREFIX: &str = "profile_pics";
 /// Objects never change (keys are never reused): cache them for a year.
 pub const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+/// Memory all conversions in progress may take together, in bytes: one
+/// 24-megapixel photo and change, or many small pictures.
+pub const MAX_PROCESSING_BYTES: usize = 256 * 1024 * 1024;
+/// Length of the random part of a key: 16 bytes, base64url.
+const KEY_ID_LEN: usize = 22;
 
 /// The avatar store.
 pub struct Avatars {
@@ -36,7 +43,9 @@ pub struct Avatars {
     /// Whether objects are local files this service serves itself.
     local: bool,
     /// Permits for concurrent image processing: one per core.
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
+    /// Bytes of memory image processing may take, one permit per byte.
+    memory: Arc<Semaphore>,
 }
 
 impl Avatars {
@@ -94,7 +103,8 @@ impl Avatars {
             store,
             public_base,
             local,
-            permits: Semaphore::new(cores),
+            permits: Arc::new(Semaphore::new(cores)),
+            memory: Arc::new(Semaphore::new(MAX_PROCESSING_BYTES)),
         }
     }
 
@@ -110,22 +120,38 @@ impl Avatars {
     }
 
     /// Turns an upload into a stored 300x300 JPEG; returns its key.
+    ///
+    /// The permits travel with the conversion: a caller that gives up while
+    /// it runs leaves it holding them until it is done, so abandoned uploads
+    /// can never add up beyond the budget.
     #[tracing::instrument(skip_all, fields(bytes = upload.len()))]
     pub async fn store(&self, upload: Vec<u8>) -> Result<std::result::Result<String, ImageError>> {
-        if upload.len() > images::MAX_UPLOAD_BYTES {
-            return Ok(Err(ImageError::TooLarge));
-        }
-        let jpeg = {
-            let _permit = self
-                .permits
-                .acquire()
-                .await
-                .context("image semaphore closed")?;
-            let span = tracing::Span::current();
-            tokio::task::spawn_blocking(move || span.in_scope(|| images::to_avatar(&upload)))
-                .await
-                .context("image processing task failed")?
+        let inspected = match images::inspect(upload) {
+            Ok(inspected) => inspected,
+            Err(e) => return Ok(Err(e)),
         };
+        // At most MAX_WORKING_BYTES (192 MiB), so it fits a u32.
+        let working_bytes = u32::try_from(inspected.working_bytes())
+            .context("an inspected image's cost is bounded")?;
+        let core = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .context("image semaphore closed")?;
+        let memory = self
+            .memory
+            .clone()
+            .acquire_many_owned(working_bytes)
+            .await
+            .context("image memory semaphore closed")?;
+        let span = tracing::Span::current();
+        let jpeg = tokio::task::spawn_blocking(move || {
+            let _permits = (core, memory);
+            span.in_scope(|| inspected.to_avatar())
+        })
+        .await
+        .context("image processing task failed")?;
         let jpeg = match jpeg {
             Ok(jpeg) => jpeg,
             Err(e) => return Ok(Err(e)),
@@ -196,7 +222,7 @@ fn is_avatar_key(key: &str) -> bool {
     key.strip_prefix("profile_pics/")
         .and_then(|name| name.strip_suffix(".jpg"))
         .is_some_and(|id| {
-            !id.is_empty()
+            id.len() == KEY_ID_LEN
                 && id
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -209,8 +235,11 @@ mod tests {
 
     #[test]
     fn only_keys_of_our_own_shape_are_read() {
-        assert!(is_avatar_key("profile_pics/AbC-_09.jpg"));
+        assert!(is_avatar_key("profile_pics/AbC-_09AbC-_09AbC-_09A.jpg"));
+        let too_long = format!("profile_pics/{}.jpg", "a".repeat(250));
         for bad in [
+            too_long.as_str(),
+            "profile_pics/AbC-_09.jpg",
             "profile_pics/../users.db",
             "profile_pics/.jpg",
             "other/x.jpg",

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use shared::config::CommonConfig;
+use shared::{config::CommonConfig, limits::Rate};
 
 /// Settings of the auth-service alone.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,7 +54,74 @@ pub struct AuthConfig {
     /// Where profile pictures are kept.
     #[command(flatten)]
     pub avatars: AvatarConfig,
+    /// Rate limits and guess budgets.
+    #[command(flatten)]
+    pub limits: LimitConfig,
 }
+
+/// Rate limits and guess budgets. The defaults leave people alone and stop
+/// scripts; every refusal is RESOURCE_EXHAUSTED with a RetryInfo.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitConfig {
+    /// Wrong passwords for one account from one address before delays
+    /// start (1 s, doubling, up to 15 min).
+    #[arg(long, env = "LOGIN_FREE_FAILURES", default_value_t = 5)]
+    pub login_free_failures: u32,
+    /// Wrong passwords for one account from all addresses before delays
+    /// start (up to a minute).
+    #[arg(long, env = "LOGIN_ACCOUNT_FREE_FAILURES", default_value_t = 50)]
+    pub login_account_free_failures: u32,
+    /// Wrong passwords from one address, any account, before delays start
+    /// (up to 5 min).
+    #[arg(long, env = "LOGIN_ADDRESS_FREE_FAILURES", default_value_t = 200)]
+    pub login_address_free_failures: u32,
+    /// Registrations one address may make per hour, once its burst is spent.
+    #[arg(long, env = "REGISTRATIONS_PER_HOUR", default_value_t = 120)]
+    pub registrations_per_hour: u32,
+    /// Registrations one address may make at once.
+    #[arg(long, env = "REGISTRATION_BURST", default_value_t = 30)]
+    pub registration_burst: u32,
+    /// Password-reset mails per email address, and per account, per hour.
+    #[arg(long, env = "RESET_MAILS_PER_HOUR", default_value_t = 3)]
+    pub reset_mails_per_hour: u32,
+    /// Password-reset requests one client address may make per hour (10 at
+    /// once).
+    #[arg(long, env = "RESET_REQUESTS_PER_HOUR", default_value_t = 30)]
+    pub reset_requests_per_hour: u32,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        Self {
+            login_free_failures: 5,
+            login_account_free_failures: 50,
+            login_address_free_failures: 200,
+            registrations_per_hour: 120,
+            registration_burst: 30,
+            reset_mails_per_hour: 3,
+            reset_requests_per_hour: 30,
+        }
+    }
+}
+
+impl LimitConfig {
+    /// Registrations per client address.
+    pub fn registrations(&self) -> Rate {
+        Rate::per(self.registrations_per_hour, HOUR, self.registration_burst)
+    }
+
+    /// Reset mails per email address and per account.
+    pub fn reset_mails(&self) -> Rate {
+        Rate::per(self.reset_mails_per_hour, HOUR, self.reset_mails_per_hour)
+    }
+
+    /// Reset requests per client address.
+    pub fn reset_requests(&self) -> Rate {
+        Rate::per(self.reset_requests_per_hour, HOUR, 10)
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// How password-reset mail goes out.
 #[derive(Debug, Clone, clap::Args)]

@@ -4,7 +4,6 @@
 
 use shared::status::{self, FieldErrors};
 use tonic::Status;
-use tonic_types::StatusExt;
 
 /// Everything that can go wrong while serving a call.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +32,21 @@ pub enum Error {
     /// Too many failed logins: try again after this long.
     #[error("login throttled")]
     Throttled(std::time::Duration),
+    /// A rate limit was reached (`what` says which): try again after this
+    /// long.
+    #[error("rate limited: {what}")]
+    RateLimited {
+        /// What was limited, as the client is told.
+        what: &'static str,
+        /// When to try again.
+        retry_after: std::time::Duration,
+    },
+    /// The limiter could not decide (its shared store is out of reach).
+    #[error("limiter unavailable: {0}")]
+    LimiterUnavailable(#[source] shared::limits::Unavailable),
+    /// Password hashing is saturated: try again after this long.
+    #[error("password hashing busy")]
+    Busy(std::time::Duration),
     /// A refresh token that is unknown, used, or past its session's end.
     #[error("invalid refresh token")]
     InvalidRefreshToken,
@@ -54,6 +68,11 @@ pub enum Error {
     /// Anything else: a bug or a broken invariant.
     #[error("internal error: {0}")]
     Internal(#[from] anyhow::Error),
+}
+
+/// `wait` in whole seconds, rounded up as the `RetryInfo` says it.
+fn whole_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 /// The result of every fallible operation in the service.
@@ -87,20 +106,18 @@ impl From<Error> for Status {
             Error::BadCredentials => {
                 Status::unauthenticated("Incorrect username/email or password")
             }
-            Error::Throttled(wait) => {
-                // Whole seconds, rounded up, so a client never retries early.
-                let wait = std::time::Duration::from_secs(
-                    wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-                );
-                Status::with_error_details(
-                    tonic::Code::ResourceExhausted,
-                    format!(
-                        "Too many failed login attempts; try again in {} s",
-                        wait.as_secs()
-                    ),
-                    tonic_types::ErrorDetails::with_retry_info(Some(wait)),
-                )
-            }
+            Error::Throttled(wait) => status::resource_exhausted(
+                format!(
+                    "Too many failed attempts; try again in {} s",
+                    whole_seconds(wait)
+                ),
+                wait,
+            ),
+            Error::RateLimited { what, retry_after } => status::resource_exhausted(
+                format!("{what}; try again in {} s", whole_seconds(retry_after)),
+                retry_after,
+            ),
+            Error::Busy(wait) => status::resource_exhausted("Server busy; try again shortly", wait),
             Error::InvalidRefreshToken => {
                 Status::unauthenticated("Invalid or expired refresh token")
             }
@@ -111,6 +128,7 @@ impl From<Error> for Status {
             Error::NoAvatar => Status::failed_precondition("No profile picture to delete"),
             Error::BadInternalToken => Status::unauthenticated("Invalid internal token"),
             Error::Unavailable(e) => status::unavailable(&e),
+            Error::LimiterUnavailable(e) => status::unavailable(&e),
             Error::Internal(e) => status::internal(&e),
         }
     }

@@ -3,11 +3,11 @@
 //!
 //! - [`config`]: the settings struct.
 //! - [`domain`]: usernames, emails and passwords, parsed at the edge.
-//! - [`password`]: argon2id on the blocking pool behind a semaphore.
+//! - [`password`]: argon2id on a fixed set of threads, behind bounded queues.
+//! - [`login`]: checking passwords within the guess budgets.
 //! - [`keys`]: signing keys, stored, loaded and published as JWKS.
 //! - [`tokens`]: issuing access tokens.
 //! - [`sessions`]: login, refresh rotation, logout, live-session checks.
-//! - [`throttle`]: growing delays after failed logins.
 //! - [`events`]: the outbox's change records and the `WatchUserEvents` stream.
 //! - [`resets`] and [`mail`]: password reset by mail.
 //! - [`images`] and [`avatars`]: profile pictures, processed and stored.
@@ -27,13 +27,13 @@ pub mod events;
 pub mod http;
 pub mod images;
 pub mod keys;
+pub mod login;
 pub mod mail;
 pub mod password;
 pub mod resets;
 pub mod service;
 pub mod sessions;
 pub mod store;
-pub mod throttle;
 pub mod tokens;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -46,6 +46,7 @@ use tonic::{server::NamedService, service::interceptor::InterceptedService};
 use prometheus_client::metrics::counter::Counter;
 use shared::{
     AuthInterceptor,
+    limits::{Key, Limiter, MemoryLimiter, Rate},
     observe::Metrics,
     proto::auth::{
         auth_service_server::AuthServiceServer, user_event_service_server::UserEventServiceServer,
@@ -59,13 +60,15 @@ pub use config::Config;
 
 use crate::{
     avatars::Avatars,
+    config::LimitConfig,
+    error::{Error, Result},
     keys::KeyRing,
+    login::Credentials,
     mail::{FileMailer, Mailer, SmtpMailer},
     password::Passwords,
     resets::PasswordResets,
     sessions::SessionManager,
     store::Store,
-    throttle::LoginThrottle,
     tokens::AccessTokens,
 };
 
@@ -89,10 +92,24 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Everything `/metrics` shows.
     pub metrics: Arc<Metrics>,
-    /// Failed logins (unknown account or wrong password).
-    pub login_failures: Counter,
-    /// Delays after failed logins.
-    pub throttle: LoginThrottle,
+    /// Password checks within the guess budgets.
+    pub credentials: Credentials,
+    /// Where rate limits are counted.
+    pub limiter: Arc<dyn Limiter>,
+    /// The rate limits.
+    pub limits: LimitConfig,
+}
+
+impl AppState {
+    /// Takes one unit of `key`'s allowance under `rate`, or refuses with
+    /// `what` as the reason.
+    pub async fn rate_limit(&self, key: Key, rate: Rate, what: &'static str) -> Result<()> {
+        self.limiter
+            .take(key, rate)
+            .await
+            .map_err(Error::LimiterUnavailable)?
+            .map_err(|retry_after| Error::RateLimited { what, retry_after })
+    }
 }
 
 /// A built, bound, not yet serving auth-service.
@@ -163,12 +180,15 @@ impl Application {
             .mail_from
             .parse()
             .context("MAIL_FROM is not a mail address")?;
+        let limiter: Arc<dyn Limiter> = Arc::new(MemoryLimiter::new());
         let resets = Arc::new(PasswordResets::new(
             store.clone(),
             mailer,
             from,
             &config.auth.mail.frontend_url,
             config.auth.password_reset_ttl(),
+            limiter.clone(),
+            config.auth.limits.reset_mails(),
         ));
         let mut metrics = Metrics::new();
         let login_failures = Counter::default();
@@ -177,13 +197,22 @@ impl Application {
             "Logins refused for an unknown account or a wrong password",
             login_failures.clone(),
         );
+        let passwords = Passwords::new();
+        let credentials = Credentials::new(
+            store.clone(),
+            passwords.clone(),
+            limiter.clone(),
+            login::guess_policy(&config.auth.limits),
+            login_failures,
+        );
         let state = Arc::new(AppState {
             metrics: Arc::new(metrics),
-            login_failures,
-            throttle: LoginThrottle::default(),
+            credentials,
+            limiter,
+            limits: config.auth.limits.clone(),
             sessions: SessionManager::new(store.clone(), tokens.clone(), config.auth.session_ttl()),
             store,
-            passwords: Passwords::new(),
+            passwords,
             tokens,
             avatars,
             resets,

@@ -56,8 +56,7 @@ impl FileMailer {
 #[async_trait]
 impl Mailer for FileMailer {
     async fn send(&self, message: Message) -> anyhow::Result<()> {
-        tokio::fs::create_dir_all(&self.dir)
-            .await
+        shared::db::create_private_dir(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
         let name = format!(
             "{}-{}.eml",
@@ -65,7 +64,16 @@ impl Mailer for FileMailer {
             URL_SAFE_NO_PAD.encode(shared::secret::random_bytes::<6>())
         );
         let path = self.dir.join(name);
-        tokio::fs::write(&path, message.formatted())
+        // A message holds a live reset link: only this user may read it.
+        let mut options = tokio::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        let mut file = options
+            .open(&path)
+            .await
+            .with_context(|| format!("creating {}", path.display()))?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, &message.formatted())
             .await
             .with_context(|| format!("writing {}", path.display()))?;
         tracing::info!(path = %path.display(), "mail written to a file (SMTP_URL is not set)");
@@ -106,6 +114,29 @@ pub fn password_reset(
         .subject("Reset your password")
         .multipart(MultiPart::alternative_plain_html(text, html))
         .context("building the reset message")
+}
+
+/// The notice to the old address after an email change.
+pub fn email_changed(
+    from: &Mailbox,
+    to: &str,
+    username: &str,
+    new_email: &str,
+) -> anyhow::Result<Message> {
+    let to: Mailbox = to.parse().context("recipient address")?;
+    let text = format!(
+        "Hello {username},\r\n\r\n\
+         The email address of your blog account was changed to {new_email}.\r\n\
+         Password reset links sent to this address no longer work.\r\n\r\n\
+         If you did not make this change, your password may be known to\r\n\
+         someone else: log in and change it, and contact us.\r\n"
+    );
+    Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject("Your email address was changed")
+        .body(text)
+        .context("building the email change notice")
 }
 
 fn html_escape(raw: &str) -> String {

@@ -2,6 +2,13 @@
 //! workers on a fixed set of threads, one per core, so that a login flood
 //! queues here instead of starving every other call.
 //!
+//! The queue is bounded: past [`QUEUE_PER_CORE`] waiting jobs per core of a
+//! kind, a caller is refused at once (`RESOURCE_EXHAUSTED` with a
+//! `RetryInfo`) rather than added to a backlog. Logins and everything else
+//! (registrations, resets, re-authentication) queue apart and take turns,
+//! so a flood of one kind leaves the other half the hashing. A job whose
+//! caller has gone away (cancelled, past its deadline) is dropped unrun.
+//!
 //! Each hash needs 19 MiB of working memory. Every hashing thread keeps its
 //! own and reuses it: allocated per hash, the allocator maps it fresh from
 //! the kernel each time, and faulting in and zeroing 19 MiB cost a fifth of
@@ -11,7 +18,9 @@
 
 use std::{
     cell::RefCell,
-    sync::{Arc, Mutex},
+    collections::VecDeque,
+    sync::{Arc, Condvar, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context, anyhow};
@@ -21,7 +30,10 @@ use argon2::{
 };
 use tokio::sync::oneshot;
 
-use crate::{domain::Password, error::Result};
+use crate::{
+    domain::Password,
+    error::{Error, Result},
+};
 
 /// argon2id, m=19456 KiB, t=2, p=1 (OWASP password storage cheat sheet).
 const PARAMS: (u32, u32, u32) = (19_456, 2, 1);
@@ -35,6 +47,14 @@ const OUTPUT_LEN: usize = 32;
 /// The most argon2 memory a hash may use, in 1 KiB blocks: 256 MiB, thirteen
 /// times ours, room for stronger parameters later.
 const MAX_BLOCKS: usize = 256 * 1024;
+
+/// Jobs of one kind that may wait per hashing thread; beyond it callers are
+/// refused at once. A hash takes tens of milliseconds, so a full queue is
+/// well under a second of work.
+pub const QUEUE_PER_CORE: usize = 64;
+
+/// When a refused caller is told to come back.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// How much lower than the async workers the hashing threads run (a nice
 /// value: 10 weighs about a tenth of a normal thread when the core is
@@ -138,12 +158,99 @@ fn lower_this_threads_priority() {
 /// A unit of hashing work.
 type Job = Box<dyn FnOnce() + Send>;
 
+/// What a hash is for. The two kinds queue apart and take turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Checking a password at login.
+    Login,
+    /// Anything else: a new password, a reset, a re-authentication.
+    Other,
+}
+
+/// The jobs waiting for a hashing thread.
+#[derive(Default)]
+struct Queues {
+    /// Login checks, oldest first.
+    login: VecDeque<Job>,
+    /// Everything else, oldest first.
+    other: VecDeque<Job>,
+    /// Whether the next turn is the logins'.
+    logins_next: bool,
+    /// Set when the last handle is gone: the threads finish.
+    closed: bool,
+}
+
+impl Queues {
+    /// The next job, alternating between the kinds while both wait.
+    fn next(&mut self) -> Option<Job> {
+        let (first, second) = if self.logins_next {
+            (&mut self.login, &mut self.other)
+        } else {
+            (&mut self.other, &mut self.login)
+        };
+        let job = first.pop_front().or_else(|| second.pop_front());
+        self.logins_next = !self.logins_next;
+        job
+    }
+}
+
+/// The queues and the signal that wakes idle hashing threads.
+#[derive(Default)]
+struct Work {
+    /// Waiting jobs.
+    queues: Mutex<Queues>,
+    /// Notified for each new job, and on close.
+    ready: Condvar,
+}
+
+impl Work {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs jobs until closed.
+    fn serve(&self) {
+        loop {
+            let job = {
+                let mut queues = self.lock();
+                loop {
+                    if let Some(job) = queues.next() {
+                        break job;
+                    }
+                    if queues.closed {
+                        return;
+                    }
+                    queues = self.ready.wait(queues).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            job();
+        }
+    }
+}
+
+/// Closes the queues when the last [`Passwords`] is dropped.
+struct Threads {
+    /// The work the threads serve.
+    work: Arc<Work>,
+    /// Jobs of one kind that may wait.
+    capacity: usize,
+    /// Jobs ever accepted.
+    accepted: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.work.lock().closed = true;
+        self.work.ready.notify_all();
+    }
+}
+
 /// Hashes and verifies passwords off the async workers, a bounded number at
 /// a time.
 #[derive(Clone)]
 pub struct Passwords {
-    /// Work for the hashing threads, one per core.
-    jobs: std::sync::mpsc::Sender<Job>,
+    /// The hashing threads' work, one thread per core.
+    threads: Arc<Threads>,
     /// A real hash of a random password, verified when the account does not
     /// exist so that the answer takes as long as for a wrong password.
     dummy_hash: Arc<str>,
@@ -153,39 +260,39 @@ impl Passwords {
     /// A hasher allowing one hash per available core at a time.
     pub fn new() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
+        let work = Arc::new(Work::default());
         for i in 0..cores {
-            let queue = queue.clone();
+            let work = work.clone();
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
                     lower_this_threads_priority();
-                    loop {
-                        // The lock is held only while taking the next job.
-                        let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
-                        }
-                    }
+                    work.serve();
                 })
                 .expect("starting a password hashing thread");
         }
+        let threads = Arc::new(Threads {
+            work,
+            capacity: QUEUE_PER_CORE * cores,
+            accepted: std::sync::atomic::AtomicU64::new(0),
+        });
         // Made on a hashing thread too, so no other thread ever holds
         // hashing memory.
         let (done, dummy_hash) = std::sync::mpsc::channel();
-        jobs.send(Box::new(move || {
-            let dummy = shared::secret::random_token();
-            let _ = done.send(hash_here(dummy.as_bytes()));
-        }))
-        .expect("the password hashing threads just started");
+        {
+            let mut queues = threads.work.lock();
+            queues.other.push_back(Box::new(move || {
+                let dummy = shared::secret::random_token();
+                let _ = done.send(hash_here(dummy.as_bytes()));
+            }));
+        }
+        threads.work.ready.notify_one();
         let dummy_hash = dummy_hash
             .recv()
             .expect("a password hashing thread answers")
             .expect("hashing a fresh random password");
         Self {
-            jobs,
+            threads,
             dummy_hash: dummy_hash.into(),
         }
     }
@@ -194,31 +301,69 @@ impl Passwords {
     #[tracing::instrument(skip_all)]
     pub async fn hash(&self, password: &Password) -> Result<String> {
         let password = password.expose().to_owned();
-        Ok(self.run(move || hash_here(password.as_bytes())).await??)
+        Ok(self
+            .run(Purpose::Other, move || hash_here(password.as_bytes()))
+            .await??)
     }
 
     /// Whether `password` matches `stored`. With no stored hash (unknown
     /// account) a dummy hash is verified instead and the answer is `false`,
     /// in the same time.
     #[tracing::instrument(skip_all)]
-    pub async fn verify(&self, password: &Password, stored: Option<&str>) -> Result<bool> {
+    pub async fn verify(
+        &self,
+        purpose: Purpose,
+        password: &Password,
+        stored: Option<&str>,
+    ) -> Result<bool> {
         let password = password.expose().to_owned();
         let known = stored.is_some();
         let hash = stored.map_or_else(|| self.dummy_hash.to_string(), str::to_owned);
         let matches = self
-            .run(move || verify_here(password.as_bytes(), &hash))
+            .run(purpose, move || verify_here(password.as_bytes(), &hash))
             .await??;
         Ok(known && matches)
     }
 
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    /// How many hashing jobs have been accepted since start: what callers
+    /// have made this process hash.
+    pub fn jobs_accepted(&self) -> u64 {
+        self.threads
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Queues `work` as `purpose`, or refuses at once when that queue is
+    /// full.
+    async fn run<T: Send + 'static>(
+        &self,
+        purpose: Purpose,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
         let (done, result) = oneshot::channel();
         let span = tracing::Span::current();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = done.send(span.in_scope(work));
-            }))
-            .map_err(|_| anyhow!("password hashing threads are gone"))?;
+        let job: Job = Box::new(move || {
+            // The caller is gone: nobody would read the answer.
+            if done.is_closed() {
+                return;
+            }
+            let _ = done.send(span.in_scope(work));
+        });
+        {
+            let mut queues = self.threads.work.lock();
+            let queue = match purpose {
+                Purpose::Login => &mut queues.login,
+                Purpose::Other => &mut queues.other,
+            };
+            if queue.len() >= self.threads.capacity {
+                return Err(Error::Busy(RETRY_AFTER));
+            }
+            queue.push_back(job);
+        }
+        self.threads
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.threads.work.ready.notify_one();
         Ok(result.await.context("password hashing job was dropped")?)
     }
 }
@@ -241,115 +386,128 @@ mod tests {
         let b = passwords.hash(&password).await.unwrap();
         assert!(a.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{a}");
         assert_ne!(a, b);
-        assert!(passwords.verify(&password, Some(&a)).await.unwrap());
-        let wrong = Password::presented("wrong horse".into());
-        assert!(!passwords.verify(&wrong, Some(&a)).await.unwrap());
+        assert!(
+            passwords
+                .verify(Purpose::Login, &password, Some(&a))
+                .await
+                .unwrap()
+        );
+        let wrong = Password::presented("wrong horse".into()).unwrap();
+        assert!(
+            !passwords
+                .verify(Purpose::Login, &wrong, Some(&a))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]
     async fn an_unknown_account_never_verifies() {
         let passwords = Passwords::new();
-        let password = Password::presented("anything at all".into());
-        assert!(!passwords.verify(&password, None).await.unwrap());
-    }
-}
-
-#[cfg(test)]
-mod compatibility_tests {
-    use argon2::{PasswordHasher, PasswordVerifier};
-
-    use super::*;
-
-    #[test]
-    fn a_hash_made_here_verifies_with_the_argon2_crate_and_nothing_else_does() {
-        let stored = hash_here(b"correct horse").unwrap();
-        let parsed = PasswordHash::new(&stored).unwrap();
-        let argon2 = Argon2::default();
-        assert!(argon2.verify_password(b"correct horse", &parsed).is_ok());
-        assert!(argon2.verify_password(b"correct horsf", &parsed).is_err());
+        let password = Password::presented("anything at all".into()).unwrap();
+        assert!(
+            !passwords
+                .verify(Purpose::Login, &password, None)
+                .await
+                .unwrap()
+        );
     }
 
-    #[test]
-    fn hashes_made_by_the_argon2_crate_verify_here_whatever_their_parameters() {
-        for (algorithm, m, t) in [
-            (Algorithm::Argon2id, 19_456, 2),
-            (Algorithm::Argon2id, 8_192, 3),
-            (Algorithm::Argon2i, 4_096, 1),
-        ] {
-            let argon2 = Argon2::new(
-                algorithm,
-                Version::V0x13,
-                Params::new(m, t, 1, None).unwrap(),
-            );
-            let stored = argon2.hash_password(b"battery staple").unwrap().to_string();
-            assert!(verify_here(b"battery staple", &stored).unwrap(), "{stored}");
-            assert!(
-                !verify_here(b"battery stapler", &stored).unwrap(),
-                "{stored}"
-            );
-            assert!(!verify_here(b"", &stored).unwrap(), "{stored}");
-        }
-    }
-
-    #[test]
-    fn reused_memory_gives_the_same_answers_in_any_order() {
-        // One thread, one memory: a larger hash, then a smaller one, then the
-        // first again.
-        let big = hash_here(b"first").unwrap();
-        let small = Argon2::new(
-            Algorithm::Argon2id,
-            Version::V0x13,
-            Params::new(1_024, 1, 1, None).unwrap(),
-        )
-        .hash_password(b"second")
-        .unwrap()
-        .to_string();
-        assert!(verify_here(b"first", &big).unwrap());
-        assert!(verify_here(b"second", &small).unwrap());
-        assert!(verify_here(b"first", &big).unwrap());
-        assert!(!verify_here(b"second", &big).unwrap());
-    }
-
-    #[test]
-    fn a_stored_hash_asking_for_gigabytes_is_refused_without_allocating() {
-        let greedy = "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHRzYWx0$\
-                      YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXphYmNkZWY";
-        let refused = verify_here(b"x", greedy).unwrap_err();
-        assert!(refused.to_string().contains("more than"), "{refused}");
-    }
-
-    #[test]
-    fn a_malformed_stored_hash_is_an_error_not_a_match() {
-        for stored in [
-            "",
-            "plain text",
-            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ",
-            "$argon2id$v=19$m=19456,t=2,p=1",
-        ] {
-            assert!(verify_here(b"x", stored).is_err(), "{stored:?}");
-        }
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn hashing_threads_run_below_normal_priority() {
-        let _passwords = Passwords::new();
-        let mut niceness = Vec::new();
-        for task in std::fs::read_dir("/proc/thread-self/..").unwrap() {
-            let path = task.unwrap().path();
-            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-            if comm.trim_end().starts_with("argon2-") {
-                let stat = std::fs::read_to_string(path.join("stat")).unwrap();
-                // Fields after the parenthesised name: nice is the 19th field.
-                let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-                let nice: i32 = after_name.split(' ').nth(16).unwrap().parse().unwrap();
-                niceness.push(nice);
+    /// Occupies every hashing thread until the returned barrier is passed.
+    async fn park_threads(passwords: &Passwords) -> Arc<std::sync::Barrier> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let gate = Arc::new(std::sync::Barrier::new(cores + 1));
+        let (started, mut running) = tokio::sync::mpsc::unbounded_channel();
+        {
+            let mut queues = passwords.threads.work.lock();
+            for _ in 0..cores {
+                let gate = gate.clone();
+                let started = started.clone();
+                queues.other.push_back(Box::new(move || {
+                    let _ = started.send(());
+                    gate.wait();
+                }));
             }
         }
-        assert!(!niceness.is_empty(), "no hashing thread found");
-        assert!(
-            niceness.iter().all(|&n| n >= HASHING_NICENESS),
-            "{niceness:?}"
-        );
+        passwords.threads.work.ready.notify_all();
+        for _ in 0..cores {
+            running.recv().await.unwrap();
+        }
+        gate
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_the_other_kind_still_runs() {
+        let passwords = Passwords::new();
+        let capacity = passwords.threads.capacity;
+        let gate = park_threads(&passwords).await;
+
+        let mut waiting = Vec::new();
+        for _ in 0..capacity {
+            let passwords = passwords.clone();
+            waiting.push(tokio::spawn(async move {
+                let password = Password::presented("anything at all".into()).unwrap();
+                passwords.verify(Purpose::Login, &password, None).await
+            }));
+        }
+        while passwords.threads.work.lock().login.len() < capacity {
+            tokio::task::yield_now().await;
+        }
+        let password = Password::presented("anything at all".into()).unwrap();
+        let refused = passwords.verify(Purpose::Login, &password, None).await;
+        assert!(matches!(refused, Err(Error::Busy(_))), "{refused:?}");
+        // The other kind has a queue of its own.
+        let other = {
+            let passwords = passwords.clone();
+            tokio::spawn(async move { passwords.hash(&password).await })
+        };
+        gate.wait();
+        assert!(other.await.unwrap().is_ok());
+        for job in waiting {
+            assert!(job.await.unwrap().is_ok());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_caller_has_gone_is_not_run() {
+        let passwords = Passwords::new();
+        let gate = park_threads(&passwords).await;
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(50),
+            passwords.run(Purpose::Other, move || {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the threads are parked");
+        gate.wait();
+        // Anything queued after the abandoned job runs after it.
+        passwords.run(Purpose::Other, || ()).await.unwrap();
+        passwords.run(Purpose::Other, || ()).await.unwrap();
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn the_kinds_take_turns() {
+        let mut queues = Queues::default();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        for (kind, n) in [("login", 3), ("other", 3)] {
+            for i in 0..n {
+                let order = order.clone();
+                let job: Job = Box::new(move || order.lock().unwrap().push(format!("{kind}{i}")));
+                if kind == "login" {
+                    queues.login.push_back(job);
+                } else {
+                    queues.other.push_back(job);
+                }
+            }
+        }
+        while let Some(job) = queues.next() {
+            job();
+        }
+        let order = order.lock().unwrap().join(" ");
+        assert_eq!(order, "other0 login0 other1 login1 other2 login2");
     }
 }

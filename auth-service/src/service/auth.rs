@@ -1,10 +1,11 @@
 //! `blog.auth.v1.AuthService`.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use shared::{
+    limits::Key,
     proto::auth::{
         ChangePasswordRequest, GetJwksRequest, Jwks, LoginRequest, LogoutRequest,
         RefreshTokenRequest, RequestPasswordResetRequest, ResetPasswordRequest, TokenResponse,
@@ -15,10 +16,9 @@ use shared::{
 
 use crate::{
     AppState,
-    domain::{Email, Password},
+    domain::{Email, LoginName, Password},
     error::Error,
     store::Sessions,
-    throttle::Attempt,
 };
 
 /// Handlers of `AuthService`.
@@ -50,50 +50,22 @@ impl AuthService for AuthApi {
         let address = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
         let mut errors = FieldErrors::default();
-        required(
-            &mut errors,
+        let name = errors.check(
             "username_or_email",
-            request.username_or_email.trim(),
+            LoginName::parse(&request.username_or_email),
         );
         required(&mut errors, "password", &request.password);
+        let password = errors.check("password", Password::presented(request.password));
         errors.finish().map_err(Error::from)?;
+        let (Some(name), Some(password)) = (name, password) else {
+            unreachable!("finish() returned Ok, so every field parsed");
+        };
 
         let user = self
             .state
-            .store
-            .user_by_login(&request.username_or_email)
+            .credentials
+            .login(&name, &password, address)
             .await?;
-        let attempt = Attempt {
-            account: match &user {
-                Some(user) => format!("user:{}", user.id),
-                None => format!("login:{}", request.username_or_email.trim().to_lowercase()),
-            },
-            address,
-        };
-        // Refused before any hashing: a throttled guesser costs nothing.
-        self.state
-            .throttle
-            .check(&attempt, Instant::now())
-            .map_err(Error::Throttled)?;
-
-        let password = Password::presented(request.password);
-        // Unknown accounts are verified against a dummy hash: same answer,
-        // same time as a wrong password.
-        let verified = self
-            .state
-            .passwords
-            .verify(&password, user.as_ref().map(|u| u.password_hash.as_str()))
-            .await?;
-        let user = match user {
-            Some(user) if verified => user,
-            _ => {
-                self.state.throttle.failed(&attempt, Instant::now());
-                self.state.login_failures.inc();
-                tracing::info!("login failed");
-                return Err(Error::BadCredentials.into());
-            }
-        };
-        self.state.throttle.succeeded(&attempt);
         let tokens = self.state.sessions.start(user.id, &user.username).await?;
         tracing::info!(user_id = user.id, "logged in");
         Ok(Response::new(tokens))
@@ -132,13 +104,17 @@ impl AuthService for AuthApi {
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<()>, Status> {
         let me = self.state.sessions.require_live(&request).await?;
+        let address = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
-        let current = Password::presented(request.current_password);
         let mut errors = FieldErrors::default();
+        let current = errors.check(
+            "current_password",
+            Password::presented(request.current_password),
+        );
         let new = errors.check("new_password", Password::parse(request.new_password));
         errors.finish().map_err(Error::from)?;
-        let Some(new) = new else {
-            unreachable!("finish() returned Ok, so new_password parsed");
+        let (Some(current), Some(new)) = (current, new) else {
+            unreachable!("finish() returned Ok, so every field parsed");
         };
 
         let user = self
@@ -149,8 +125,8 @@ impl AuthService for AuthApi {
             .ok_or(Error::InvalidToken)?;
         if !self
             .state
-            .passwords
-            .verify(&current, Some(&user.password_hash))
+            .credentials
+            .reauthenticate(&user, &current, address)
             .await?
         {
             return Err(Error::from(FieldErrors::single(
@@ -178,8 +154,28 @@ impl AuthService for AuthApi {
         &self,
         request: Request<RequestPasswordResetRequest>,
     ) -> Result<Response<()>, Status> {
+        let address = request.remote_addr().map(|a| a.ip());
         let email = Email::parse(&request.into_inner().email)
             .map_err(|e| Error::from(FieldErrors::single("email", e)))?;
+        let limits = &self.state.limits;
+        if let Some(address) = address {
+            self.state
+                .rate_limit(
+                    Key::new("reset-requests-from", &[address.to_string().as_bytes()]),
+                    limits.reset_requests(),
+                    "Too many password reset requests from this address",
+                )
+                .await?;
+        }
+        // Counted for any address, registered or not, so the answer tells
+        // nothing about accounts.
+        self.state
+            .rate_limit(
+                Key::new("reset-mails-to", &[email.as_str().as_bytes()]),
+                limits.reset_mails(),
+                "Too many password reset requests for this email",
+            )
+            .await?;
         // Whether or not the address has an account, the answer is the same
         // and immediate; the work happens in the background.
         self.state.resets.request(email);
@@ -194,12 +190,16 @@ impl AuthService for AuthApi {
         let request = request.into_inner();
         let mut errors = FieldErrors::default();
         required(&mut errors, "token", &request.token);
+        if request.token.contains('\0') {
+            errors.add("token", "must not contain NUL");
+        }
         let new = errors.check("new_password", Password::parse(request.new_password));
         errors.finish().map_err(Error::from)?;
         let Some(new) = new else {
             unreachable!("finish() returned Ok, so new_password parsed");
         };
-        if request.token.len() > 128 {
+        // Cheap checks first: only a live token is worth hashing for.
+        if request.token.len() > 128 || !self.state.resets.is_live(&request.token).await? {
             return Err(Error::InvalidResetToken.into());
         }
         let hash = self.state.passwords.hash(&new).await?;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use shared::{
+    limits::Key,
     proto::auth::{
         CreateUserRequest, DeleteAvatarRequest, DeleteMeRequest, GetMeRequest, GetUserRequest,
         SetAvatarRequest, UpdateMeRequest, User, UserProfile, user_service_server::UserService,
@@ -50,6 +51,7 @@ impl UserService for UsersApi {
         &self,
         request: Request<CreateUserRequest>,
     ) -> Result<Response<User>, Status> {
+        let address = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
         let mut errors = FieldErrors::default();
         let username = errors.check("username", Username::parse(&request.username));
@@ -60,6 +62,20 @@ impl UserService for UsersApi {
             unreachable!("finish() returned Ok, so every field parsed");
         };
 
+        // Cheap checks first, the hash last. A registration answers whether
+        // an email is taken, so registrations are limited per address.
+        if let Some(address) = address {
+            self.state
+                .rate_limit(
+                    Key::new("registrations-from", &[address.to_string().as_bytes()]),
+                    self.state.limits.registrations(),
+                    "Too many registrations from this address",
+                )
+                .await?;
+        }
+        if let Some(taken) = self.state.store.taken(&username, &email).await? {
+            return Err(taken.into());
+        }
         let password_hash = self.state.passwords.hash(&password).await?;
         let created = self
             .state
@@ -111,6 +127,7 @@ impl UserService for UsersApi {
     #[tracing::instrument(skip_all)]
     async fn update_me(&self, request: Request<UpdateMeRequest>) -> Result<Response<User>, Status> {
         let me = self.state.sessions.require_live(&request).await?;
+        let address = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
         let mut errors = FieldErrors::default();
         let username = request
@@ -121,24 +138,65 @@ impl UserService for UsersApi {
             .email
             .as_deref()
             .and_then(|raw| errors.check("email", Email::parse(raw)));
+        let password = request
+            .password
+            .and_then(|raw| errors.check("password", Password::presented(raw)));
         errors.finish().map_err(Error::from)?;
 
-        let user = if username.is_none() && email.is_none() {
-            self.state.store.user_by_id(me.id).await?
-        } else {
-            self.state
-                .store
-                .update_user(me.id, username.as_ref(), email.as_ref())
+        let user = self
+            .state
+            .store
+            .user_by_id(me.id)
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        let email = email.filter(|email| email.as_str() != user.email);
+        if username.is_none() && email.is_none() {
+            return Ok(Response::new(self.user(user)));
+        }
+        // Whoever controls the email can reset the password: changing it
+        // takes the password, not just a token.
+        if email.is_some() {
+            let Some(password) = password else {
+                return Err(Error::from(FieldErrors::single(
+                    "password",
+                    "Password is required to change the email",
+                ))
+                .into());
+            };
+            if !self
+                .state
+                .credentials
+                .reauthenticate(&user, &password, address)
                 .await?
-        };
-        let user = user.ok_or(Error::InvalidToken)?;
-        Ok(Response::new(self.user(user)))
+            {
+                return Err(
+                    Error::from(FieldErrors::single("password", "Password is incorrect")).into(),
+                );
+            }
+        }
+        let updated = self
+            .state
+            .store
+            .update_user(me.id, username.as_ref(), email.as_ref())
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        if updated.user.email != updated.previous_email {
+            tracing::info!(user_id = me.id, "email changed");
+            self.state.resets.email_changed(
+                updated.previous_email,
+                updated.user.username.clone(),
+                updated.user.email.clone(),
+            );
+        }
+        Ok(Response::new(self.user(updated.user)))
     }
 
     #[tracing::instrument(skip_all)]
     async fn delete_me(&self, request: Request<DeleteMeRequest>) -> Result<Response<()>, Status> {
         let me = self.state.sessions.require_live(&request).await?;
-        let password = Password::presented(request.into_inner().password);
+        let address = request.remote_addr().map(|a| a.ip());
+        let password = Password::presented(request.into_inner().password)
+            .map_err(|e| Error::from(FieldErrors::single("password", e)))?;
         let user = self
             .state
             .store
@@ -147,8 +205,8 @@ impl UserService for UsersApi {
             .ok_or(Error::InvalidToken)?;
         if !self
             .state
-            .passwords
-            .verify(&password, Some(&user.password_hash))
+            .credentials
+            .reauthenticate(&user, &password, address)
             .await?
         {
             return Err(

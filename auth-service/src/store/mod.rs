@@ -20,7 +20,7 @@ pub use shared::db::now_micros;
 pub use sqlite::SqliteStore;
 
 use crate::{
-    domain::{Email, Username},
+    domain::{Email, LoginName, Username},
     error::{Error, Result},
     events::UserChange,
 };
@@ -40,6 +40,15 @@ pub struct UserRecord {
     pub avatar_key: Option<String>,
     /// Creation time, microseconds since the epoch.
     pub create_time: i64,
+}
+
+/// A user after an update, and the email it had before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdatedUser {
+    /// The user as it is now.
+    pub user: UserRecord,
+    /// The email before the update.
+    pub previous_email: String,
 }
 
 /// What a new account is made of.
@@ -151,15 +160,22 @@ pub trait Store: Send + Sync + 'static {
     /// The user with this id.
     async fn user_by_id(&self, id: i64) -> Result<Option<UserRecord>>;
     /// The user whose username (any case) or email is `login`.
-    async fn user_by_login(&self, login: &str) -> Result<Option<UserRecord>>;
-    /// Changes what is `Some` (a username change is an event). `None` when
-    /// the user does not exist.
+    async fn user_by_login(&self, login: &LoginName) -> Result<Option<UserRecord>>;
+    /// The user with this email.
+    async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>>;
+    /// Whether `username` (or one that looks like it) or `email` is taken,
+    /// as the error a registration would meet: a cheap check before the
+    /// expensive work. The unique indexes still decide.
+    async fn taken(&self, username: &Username, email: &Email) -> Result<Option<Error>>;
+    /// Changes what is `Some` (a username change is an event; an email
+    /// change voids the user's reset tokens). `None` when the user does not
+    /// exist.
     async fn update_user(
         &self,
         id: i64,
         username: Option<&Username>,
         email: Option<&Email>,
-    ) -> Result<Option<UserRecord>>;
+    ) -> Result<Option<UpdatedUser>>;
     /// Deletes a user with their sessions (a `user_deleted` event). Returns
     /// the deleted row.
     async fn delete_user(&self, id: i64) -> Result<Option<UserRecord>>;
@@ -173,14 +189,20 @@ pub trait Store: Send + Sync + 'static {
         revoke: Sessions<'_>,
     ) -> Result<Vec<String>>;
 
-    /// Makes `token_hash` the user's only password-reset token, valid until
-    /// `expire_time`.
-    async fn replace_reset_token(
+    /// Adds a password-reset token valid until `expire_time`, beside the
+    /// user's other live ones (each mailed link works for its whole hour);
+    /// the user's expired tokens go.
+    async fn add_reset_token(
         &self,
         user_id: i64,
         token_hash: &[u8],
+        now: i64,
         expire_time: i64,
     ) -> Result<()>;
+    /// Whether a reset token exists and has not expired by `now`.
+    async fn reset_token_is_live(&self, token_hash: &[u8], now: i64) -> Result<bool>;
+    /// Gives users stored before skeletons existed theirs; returns how many.
+    async fn backfill_username_skeletons(&self) -> Result<usize>;
     /// Uses a reset token: if it exists and has not expired by `now`, sets
     /// the password, voids every reset token of the user and ends all their
     /// sessions, in one transaction. Returns the user id; `None` (and the

@@ -27,10 +27,16 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the auth database: {e}"))?;
-        Ok(Self {
+        let store = Self {
             pool,
             commits: watch::Sender::new(0),
-        })
+        };
+        super::Store::backfill_username_skeletons(&store).await?;
+        Ok(store)
+    }
+
+    fn writer_pool(&self) -> &PgPool {
+        &self.pool
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {

@@ -106,12 +106,13 @@ macro_rules! sql_store {
                 let mut tx = self.begin_write().await?;
                 let now = $crate::store::now_micros();
                 let created: $crate::store::UserRecord = sqlx::query_as(concat!(
-                    "INSERT INTO users (username, username_key, email, password_hash, create_time, update_time) \
-                     VALUES ($1, $2, $3, $4, $5, $5) RETURNING ",
+                    "INSERT INTO users (username, username_key, username_skeleton, email, password_hash, create_time, update_time) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING ",
                     $crate::store::sql::user_columns!()
                 ))
                 .bind(user.username.as_str())
                 .bind(user.username.key())
+                .bind(user.username.skeleton())
                 .bind(user.email.as_str())
                 .bind(user.password_hash)
                 .bind(now)
@@ -139,16 +140,49 @@ macro_rules! sql_store {
                 .await?)
             }
 
-            async fn user_by_login(&self, login: &str) -> $crate::error::Result<Option<$crate::store::UserRecord>> {
-                let key = login.trim().to_lowercase();
+            async fn user_by_login(&self, login: &$crate::domain::LoginName) -> $crate::error::Result<Option<$crate::store::UserRecord>> {
                 Ok(sqlx::query_as(concat!(
                     "SELECT ",
                     $crate::store::sql::user_columns!(),
                     " FROM users WHERE username_key = $1 OR email = $1 LIMIT 1"
                 ))
-                .bind(key)
+                .bind(login.as_str())
                 .fetch_optional(&self.pool)
                 .await?)
+            }
+
+            async fn user_by_email(&self, email: &$crate::domain::Email) -> $crate::error::Result<Option<$crate::store::UserRecord>> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::user_columns!(),
+                    " FROM users WHERE email = $1"
+                ))
+                .bind(email.as_str())
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn taken(
+                &self,
+                username: &$crate::domain::Username,
+                email: &$crate::domain::Email,
+            ) -> $crate::error::Result<Option<$crate::error::Error>> {
+                let (username_taken, email_taken): (bool, bool) = sqlx::query_as(
+                    "SELECT EXISTS (SELECT 1 FROM users WHERE username_skeleton = $1 OR username_key = $2), \
+                            EXISTS (SELECT 1 FROM users WHERE email = $3)",
+                )
+                .bind(username.skeleton())
+                .bind(username.key())
+                .bind(email.as_str())
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(if username_taken {
+                    Some($crate::error::Error::UsernameTaken)
+                } else if email_taken {
+                    Some($crate::error::Error::EmailTaken)
+                } else {
+                    None
+                })
             }
 
             async fn update_user(
@@ -156,25 +190,40 @@ macro_rules! sql_store {
                 id: i64,
                 username: Option<&$crate::domain::Username>,
                 email: Option<&$crate::domain::Email>,
-            ) -> $crate::error::Result<Option<$crate::store::UserRecord>> {
+            ) -> $crate::error::Result<Option<$crate::store::UpdatedUser>> {
                 let mut tx = self.begin_write().await?;
-                let updated: Option<$crate::store::UserRecord> = sqlx::query_as(concat!(
+                let previous_email: Option<String> =
+                    sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some(previous_email) = previous_email else {
+                    return Ok(None);
+                };
+                let updated: $crate::store::UserRecord = sqlx::query_as(concat!(
                     "UPDATE users SET username = COALESCE($2, username), \
-                     username_key = COALESCE($3, username_key), email = COALESCE($4, email), \
-                     update_time = $5 WHERE id = $1 RETURNING ",
+                     username_key = COALESCE($3, username_key), \
+                     username_skeleton = COALESCE($4, username_skeleton), email = COALESCE($5, email), \
+                     update_time = $6 WHERE id = $1 RETURNING ",
                     $crate::store::sql::user_columns!()
                 ))
                 .bind(id)
                 .bind(username.map(|u| u.as_str()))
                 .bind(username.map(|u| u.key()))
+                .bind(username.map(|u| u.skeleton()))
                 .bind(email.map(|e| e.as_str()))
                 .bind($crate::store::now_micros())
-                .fetch_optional(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await
                 .map_err($crate::store::sql::on_unique_violation)?;
-                let Some(updated) = updated else {
-                    return Ok(None);
-                };
+                // A reset link mailed to the old address must not outlive
+                // the change of address.
+                if updated.email != previous_email {
+                    sqlx::query("DELETE FROM password_resets WHERE user_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 // Only the public profile is replicated; an email change is
                 // nobody else's business.
                 let mut sequence = None;
@@ -187,7 +236,10 @@ macro_rules! sql_store {
                     sequence = Some(Self::record(&mut tx, &change).await?);
                 }
                 self.commit(tx, sequence).await?;
-                Ok(Some(updated))
+                Ok(Some($crate::store::UpdatedUser {
+                    user: updated,
+                    previous_email,
+                }))
             }
 
             async fn delete_user(&self, id: i64) -> $crate::error::Result<Option<$crate::store::UserRecord>> {
@@ -233,15 +285,17 @@ macro_rules! sql_store {
                 Ok(ended)
             }
 
-            async fn replace_reset_token(
+            async fn add_reset_token(
                 &self,
                 user_id: i64,
                 token_hash: &[u8],
+                now: i64,
                 expire_time: i64,
             ) -> $crate::error::Result<()> {
                 let mut tx = self.begin_write().await?;
-                sqlx::query("DELETE FROM password_resets WHERE user_id = $1")
+                sqlx::query("DELETE FROM password_resets WHERE user_id = $1 AND expire_time <= $2")
                     .bind(user_id)
+                    .bind(now)
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query(
@@ -249,11 +303,47 @@ macro_rules! sql_store {
                 )
                 .bind(token_hash)
                 .bind(user_id)
-                .bind($crate::store::now_micros())
+                .bind(now)
                 .bind(expire_time)
                 .execute(&mut *tx)
                 .await?;
                 self.commit(tx, None).await
+            }
+
+            async fn reset_token_is_live(&self, token_hash: &[u8], now: i64) -> $crate::error::Result<bool> {
+                let found: Option<i64> = sqlx::query_scalar(
+                    "SELECT user_id FROM password_resets WHERE token_hash = $1 AND expire_time > $2",
+                )
+                .bind(token_hash)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(found.is_some())
+            }
+
+            async fn backfill_username_skeletons(&self) -> $crate::error::Result<usize> {
+                let rows: Vec<(i64, String)> =
+                    sqlx::query_as("SELECT id, username FROM users WHERE username_skeleton IS NULL")
+                        .fetch_all(&self.pool)
+                        .await?;
+                let mut filled = 0;
+                for (id, username) in rows {
+                    let result = sqlx::query(
+                        "UPDATE users SET username_skeleton = $2 WHERE id = $1 AND username_skeleton IS NULL",
+                    )
+                    .bind(id)
+                    .bind($crate::domain::skeleton(&username))
+                    .execute(self.writer_pool())
+                    .await;
+                    match result {
+                        Ok(_) => filled += 1,
+                        Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                            tracing::warn!(user_id = id, "username looks like another one: left without a skeleton");
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(filled)
             }
 
             async fn reset_password(

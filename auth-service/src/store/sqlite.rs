@@ -29,11 +29,17 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the auth database: {e}"))?;
-        Ok(Self {
+        let store = Self {
             pool,
             writer: pools.write,
             commits: watch::Sender::new(0),
-        })
+        };
+        super::Store::backfill_username_skeletons(&store).await?;
+        Ok(store)
+    }
+
+    fn writer_pool(&self) -> &SqlitePool {
+        &self.writer
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {

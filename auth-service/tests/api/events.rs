@@ -83,6 +83,7 @@ async fn from_zero_every_event_replays_in_order_then_new_ones_arrive_live() {
             UpdateMeRequest {
                 username: Some("alice-renamed".into()),
                 email: None,
+                password: None,
             },
         ))
         .await
@@ -175,6 +176,7 @@ async fn a_change_that_rolled_back_produces_no_event() {
             UpdateMeRequest {
                 username: Some(taken.username.clone()),
                 email: None,
+                password: None,
             },
         ))
         .await;

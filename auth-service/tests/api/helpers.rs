@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use auth_service::{
     AppState, Application, Config,
-    config::{AuthConfig, AvatarConfig, MailConfig},
+    config::{AuthConfig, AvatarConfig, LimitConfig, MailConfig},
     store::{self, Store},
 };
 use shared::{
@@ -97,6 +97,7 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
                 avatar_s3_secret_access_key: None,
                 avatar_s3_public_url: None,
             },
+            limits: LimitConfig::default(),
         },
         common: CommonConfig {
             token_issuer: "blog-auth".into(),
@@ -108,6 +109,7 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
             data_dir: data_dir.clone(),
             reflection: true,
             request_timeout_secs: 30,
+            request_message_timeout_secs: 10,
             max_concurrent_calls: 1024,
             max_connection_age_secs: 1800,
             connection_idle_timeout_secs: 75,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use auth_service::{
-    domain::{Email, Username},
+    domain::{Email, LoginName, Username},
     error::Error,
     events::UserChange,
     keys,
@@ -95,17 +95,31 @@ async fn users_round_trip(store: Arc<dyn Store>) {
         ("Alice", "alice@example.com")
     );
     assert_eq!(user.avatar_key, None);
-    assert_eq!(store.user_by_login("ALICE").await.unwrap().unwrap().id, id);
     assert_eq!(
         store
-            .user_by_login(" Alice@Example.com ")
+            .user_by_login(&LoginName::parse("ALICE").unwrap())
             .await
             .unwrap()
             .unwrap()
             .id,
         id
     );
-    assert_eq!(store.user_by_login("bob").await.unwrap(), None);
+    assert_eq!(
+        store
+            .user_by_login(&LoginName::parse(" Alice@Example.com ").unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        id
+    );
+    assert_eq!(
+        store
+            .user_by_login(&LoginName::parse("bob").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(store.user_by_id(id + 1).await.unwrap(), None);
     store.ping().await.unwrap();
 }
@@ -144,7 +158,8 @@ async fn update_changes_only_what_is_given(store: Arc<dyn Store>) {
         .update_user(id, Some(&renamed), None)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .user;
     assert_eq!(
         (user.username.as_str(), user.email.as_str()),
         ("Alicia", "alice@example.com")
@@ -154,7 +169,8 @@ async fn update_changes_only_what_is_given(store: Arc<dyn Store>) {
         .update_user(id, None, Some(&email))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .user;
     assert_eq!(
         (user.username.as_str(), user.email.as_str()),
         ("Alicia", "alicia@example.com")

@@ -326,7 +326,7 @@ async fn get_user_returns_the_public_profile_only() {
 #[tokio::test]
 async fn update_me_changes_only_the_fields_present() {
     let app = spawn_app().await;
-    let (_, created, tokens) = app.signed_up().await;
+    let (user, created, tokens) = app.signed_up().await;
     let renamed = app
         .users
         .clone()
@@ -335,6 +335,7 @@ async fn update_me_changes_only_the_fields_present() {
             UpdateMeRequest {
                 username: Some(" renamed ".into()),
                 email: None,
+                password: None,
             },
         ))
         .await
@@ -351,6 +352,7 @@ async fn update_me_changes_only_the_fields_present() {
             UpdateMeRequest {
                 username: None,
                 email: Some("New@Example.com".into()),
+                password: Some(user.password.clone()),
             },
         ))
         .await
@@ -364,13 +366,21 @@ async fn update_me_changes_only_the_fields_present() {
 async fn update_me_to_a_taken_name_or_bad_value_changes_nothing() {
     let app = spawn_app().await;
     let (other, _, _) = app.signed_up().await;
-    let (_, created, tokens) = app.signed_up().await;
+    let (me, created, tokens) = app.signed_up().await;
     let update = |username: Option<String>, email: Option<String>| {
         let mut users = app.users.clone();
         let token = tokens.access_token.clone();
+        let password = Some(me.password.clone());
         async move {
             users
-                .update_me(bearer(&token, UpdateMeRequest { username, email }))
+                .update_me(bearer(
+                    &token,
+                    UpdateMeRequest {
+                        username,
+                        email,
+                        password,
+                    },
+                ))
                 .await
         }
     };
