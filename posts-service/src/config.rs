@@ -51,6 +51,13 @@ pub struct PostsConfig {
     /// Longest wait for a database connection before answering UNAVAILABLE.
     #[arg(long, env = "POSTS_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
     pub posts_db_acquire_timeout_secs: u64,
+    /// Post writes (create, update, delete) one user may make per hour once
+    /// the burst is spent.
+    #[arg(long, env = "POST_WRITES_PER_HOUR", default_value_t = 360)]
+    pub post_writes_per_hour: u32,
+    /// Post writes one user may make at once.
+    #[arg(long, env = "POST_WRITE_BURST", default_value_t = 30)]
+    pub post_write_burst: u32,
 }
 
 /// Everything the posts-service reads.
@@ -70,6 +77,15 @@ pub struct Config {
 }
 
 impl PostsConfig {
+    /// Post writes per user.
+    pub fn post_writes(&self) -> shared::limits::Rate {
+        shared::limits::Rate::per(
+            self.post_writes_per_hour,
+            Duration::from_secs(3600),
+            self.post_write_burst,
+        )
+    }
+
     /// The gRPC port's TLS files.
     pub fn tls(&self) -> shared::config::ServerTlsFiles {
         shared::config::ServerTlsFiles {

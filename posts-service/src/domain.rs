@@ -1,5 +1,6 @@
-//! Post fields and list parameters, parsed once at the edge (DESIGN §3).
-//! Lengths count Unicode characters; text is stored exactly as given.
+//! Post fields and list parameters, parsed once at the edge (the rules are
+//! in `docs/contract.md`). Lengths count Unicode characters; text is stored
+//! exactly as given, and never holds NUL.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
@@ -38,6 +39,9 @@ impl Content {
 }
 
 fn not_blank_within(raw: &str, max: usize) -> Result<(), &'static str> {
+    if raw.contains('\0') {
+        return Err("must not contain NUL");
+    }
     if raw.trim().is_empty() {
         return Err("must not be blank");
     }
@@ -55,6 +59,10 @@ fn not_blank_within(raw: &str, max: usize) -> Result<(), &'static str> {
 pub const DEFAULT_PAGE_SIZE: i64 = 10;
 /// The most posts one page holds.
 pub const MAX_PAGE_SIZE: i64 = 100;
+/// The most bytes one page's response may take: gRPC clients refuse
+/// messages over 4 MiB by default, so a page stays below that, with room
+/// for the envelope, and holds fewer posts when they are large.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024 - 16 * 1024;
 
 /// `page_size`: 0 means the default, above the maximum means the maximum.
 pub fn page_size(raw: i32) -> Result<i64, &'static str> {

@@ -22,6 +22,13 @@ pub enum Error {
     /// The caller's account no longer exists.
     #[error("invalid token")]
     InvalidToken,
+    /// The caller's post writes are over their rate: try again after this
+    /// long.
+    #[error("post writes rate limited")]
+    WriteRateLimited(std::time::Duration),
+    /// The limiter could not decide (its shared store is out of reach).
+    #[error("limiter unavailable: {0}")]
+    LimiterUnavailable(#[source] shared::limits::Unavailable),
     /// The database cannot be reached or is overloaded.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -59,6 +66,10 @@ impl From<Error> for Status {
                 Status::permission_denied(format!("Not authorized to {action} this post"))
             }
             Error::InvalidToken => status::invalid_token(),
+            Error::WriteRateLimited(wait) => {
+                status::resource_exhausted("Too many post writes; slow down", wait)
+            }
+            Error::LimiterUnavailable(e) => status::unavailable(&e),
             Error::Unavailable(e) => status::unavailable(&e),
             Error::Internal(e) => status::internal(&e),
         }

@@ -38,6 +38,7 @@ use tonic::{
 
 use shared::{
     AuthInterceptor,
+    limits::MemoryLimiter,
     observe::Metrics,
     proto::{
         auth::{
@@ -246,10 +247,14 @@ impl Application {
         let router = server::builder(&config.common, metrics, tls)?
             .add_service(health_service)
             .add_service(InterceptedService::new(
-                PostServiceServer::new(service::PostsApi::new(store))
-                    // The largest valid request (a 20,000-character post of
-                    // 4-byte characters) is about 80 KB.
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+                PostServiceServer::new(service::PostsApi::new(
+                    store,
+                    Arc::new(MemoryLimiter::new()),
+                    config.posts.post_writes(),
+                ))
+                // The largest valid request (a 20,000-character post of
+                // 4-byte characters) is about 80 KB.
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
                 interceptor,
             ));
         let router = server::with_reflection(

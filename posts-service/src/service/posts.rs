@@ -2,10 +2,12 @@
 
 use std::sync::Arc;
 
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use shared::{
     CurrentUser,
+    limits::{Key, Limiter, Rate},
     proto::posts::{
         Author, CreatePostRequest, DeletePostRequest, GetPostRequest, ListPostsRequest,
         ListPostsResponse, Post, UpdatePostRequest, post_service_server::PostService,
@@ -23,12 +25,32 @@ use crate::{
 pub struct PostsApi {
     /// Where posts live.
     store: Arc<dyn Store>,
+    /// Where each user's writes are counted.
+    limiter: Arc<dyn Limiter>,
+    /// How many writes a user may make.
+    writes: Rate,
 }
 
 impl PostsApi {
-    /// Handlers over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    /// Handlers over `store`, each user's writes limited to `writes`.
+    pub fn new(store: Arc<dyn Store>, limiter: Arc<dyn Limiter>, writes: Rate) -> Self {
+        Self {
+            store,
+            limiter,
+            writes,
+        }
+    }
+
+    /// Counts one write by `me`, or refuses it.
+    async fn write_allowed(&self, me: &CurrentUser) -> Result<(), Error> {
+        self.limiter
+            .take(
+                Key::new("post-writes", &[&me.id.to_be_bytes()]),
+                self.writes,
+            )
+            .await
+            .map_err(Error::LimiterUnavailable)?
+            .map_err(Error::WriteRateLimited)
     }
 }
 
@@ -72,6 +94,7 @@ impl PostService for PostsApi {
         let (Some(title), Some(content)) = (title, content) else {
             unreachable!("finish() returned Ok, so every field parsed");
         };
+        self.write_allowed(&me).await?;
         let caller = Caller {
             id: me.id,
             username: &me.username,
@@ -127,24 +150,34 @@ impl PostService for PostsApi {
         if author_id != 0 && page.posts.is_empty() && !self.store.author_exists(author_id).await? {
             return Err(Error::UserNotFound.into());
         }
-        let mut rows = page.posts;
-        let next_page_token = if rows.len() as i64 > page_size {
-            rows.truncate(page_size as usize);
-            rows.last()
-                .map(|last| {
-                    PageToken {
-                        create_time: last.create_time,
-                        id: last.id,
-                        author_id,
-                    }
-                    .encode()
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
+        // The page ends at `page_size` posts or before it would outgrow
+        // MAX_PAGE_BYTES, whichever comes first (always at least one post);
+        // the token leads on from its last post either way.
+        let more = page.posts.len() as i64 > page_size;
+        let mut posts = Vec::new();
+        let mut bytes = 0;
+        let mut cut = false;
+        for record in page.posts.into_iter().take(page_size as usize) {
+            let post = post(record);
+            let size = post.encoded_len() + 8;
+            if !posts.is_empty() && bytes + size > domain::MAX_PAGE_BYTES {
+                cut = true;
+                break;
+            }
+            bytes += size;
+            posts.push(post);
+        }
+        let next_page_token = match posts.last() {
+            Some(last) if more || cut => PageToken {
+                create_time: last.create_time.as_ref().map_or(0, shared::db::micros),
+                id: last.id,
+                author_id,
+            }
+            .encode(),
+            _ => String::new(),
         };
         Ok(Response::new(ListPostsResponse {
-            posts: rows.into_iter().map(post).collect(),
+            posts,
             next_page_token,
             total_size: page.total_size,
         }))
@@ -166,6 +199,7 @@ impl PostService for PostsApi {
             .content
             .and_then(|raw| errors.check("content", Content::parse(raw)));
         errors.finish().map_err(Error::from)?;
+        self.write_allowed(&me).await?;
 
         let updated = if title.is_none() && content.is_none() {
             // Nothing to change: still answer as an update would.
@@ -189,6 +223,7 @@ impl PostService for PostsApi {
     ) -> Result<Response<()>, Status> {
         let me = CurrentUser::require(&request)?;
         let id = post_id(request.into_inner().id)?;
+        self.write_allowed(&me).await?;
         self.store.delete_post(id, me.id).await?;
         tracing::info!(post_id = id, "post deleted");
         Ok(Response::new(()))

@@ -77,6 +77,7 @@ async fn a_renamed_user_shows_on_their_posts_within_a_second() {
             UpdateMeRequest {
                 username: Some("alice-the-great".into()),
                 email: None,
+                password: None,
             },
         ))
         .await

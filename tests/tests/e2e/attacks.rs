@@ -289,3 +289,121 @@ async fn the_token_of_a_deleted_user_is_unauthenticated_everywhere() {
         .into_inner();
     assert_eq!(page.total_size, 0);
 }
+
+#[tokio::test]
+async fn a_burst_of_post_writes_beyond_the_quota_is_refused_with_retry_info() {
+    use tonic_types::StatusExt;
+    let stack = spawn_stack().await;
+    // A posts-service with the default quota, beside the stack's own.
+    let db = testkit::TestDatabase::new("posts").await;
+    let mut config = crate::helpers::posts_config(
+        &db,
+        format!("http://{}", stack.auth_service.addr),
+        &crate::helpers::common_config(),
+    );
+    config.posts = posts_service::config::PostsConfig {
+        post_writes_per_hour: 360,
+        post_write_burst: 30,
+        ..config.posts
+    };
+    let running = crate::helpers::start_posts_with(config).await;
+    eventually(std::time::Duration::from_secs(10), "keys", || async {
+        crate::helpers::health(running.addr).await
+            == tonic_health::pb::health_check_response::ServingStatus::Serving
+    })
+    .await;
+    let posts = shared::proto::posts::post_service_client::PostServiceClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", running.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let alice = stack.user().await;
+    let bob = stack.user().await;
+    let write = |user: &TestUser, i: usize| {
+        let mut posts = posts.clone();
+        let request = bearer(
+            &user.token,
+            CreatePostRequest {
+                title: format!("post {i}"),
+                content: "x".repeat(1000),
+            },
+        );
+        async move { posts.create_post(request).await }
+    };
+    let results = futures::future::join_all((0..200).map(|i| write(&alice, i))).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 30, "the burst passes, the rest does not");
+    for status in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.get_details_retry_info().is_some(), "{status:?}");
+    }
+    // Somebody else still writes.
+    write(&bob, 0).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_page_of_large_posts_fits_in_what_clients_accept() {
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    // 100 posts of 20,000 four-byte characters: 8 MB in all.
+    let content = "\u{1F600}".repeat(20_000);
+    for i in 0..100 {
+        stack
+            .create_post(&alice, &format!("big {i}"), &content)
+            .await
+            .unwrap();
+    }
+    let mut seen = 0;
+    let mut pages = 0;
+    let mut page_token = String::new();
+    loop {
+        // The client's default limit: 4 MiB per message.
+        let page = stack
+            .posts
+            .clone()
+            .list_posts(ListPostsRequest {
+                page_size: 100,
+                page_token: page_token.clone(),
+                author_id: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.posts.len() < 100, "one page of everything");
+        seen += page.posts.len();
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen, 100);
+    assert!(pages >= 2);
+}
+
+#[tokio::test]
+async fn nul_bytes_in_titles_and_contents_are_invalid_on_every_backend() {
+    let stack = spawn_stack().await;
+    let alice = stack.user().await;
+    for (title, content) in [("nul\0title", "fine"), ("fine", "nul\0content")] {
+        let status = stack.create_post(&alice, title, content).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    let post = stack.create_post(&alice, "fine", "fine").await.unwrap();
+    let status = stack
+        .posts
+        .clone()
+        .update_post(bearer(
+            &alice.token,
+            shared::proto::posts::UpdatePostRequest {
+                id: post.id,
+                title: Some("nul\0".into()),
+                content: None,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}

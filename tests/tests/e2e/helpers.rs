@@ -109,6 +109,7 @@ pub fn common_config() -> CommonConfig {
         data_dir: std::env::temp_dir().join(format!("blog-e2e-{}", testkit::unique_id())),
         reflection: true,
         request_timeout_secs: 30,
+        request_message_timeout_secs: 10,
         max_concurrent_calls: 1024,
         max_connection_age_secs: 1800,
         connection_idle_timeout_secs: 75,
@@ -201,6 +202,9 @@ pub fn posts_config(
             posts_tls_cert_file: None,
             posts_tls_key_file: None,
             posts_db_acquire_timeout_secs: 5,
+            // Generous: tests of the limits set their own.
+            post_writes_per_hour: 360,
+            post_write_burst: 1_000,
         },
         common: common.clone(),
     }
@@ -261,6 +265,11 @@ pub fn auth_config(
                 avatar_s3_access_key_id: None,
                 avatar_s3_secret_access_key: None,
                 avatar_s3_public_url: None,
+            },
+            // Generous: tests of the limits set their own.
+            limits: auth_service::config::LimitConfig {
+                registration_burst: 1_000,
+                ..Default::default()
             },
         },
         common: common.clone(),
