@@ -46,6 +46,10 @@ ENV = dict(
     INTERNAL_TOKEN="fault-" + SUFFIX,
     DATA_DIR=WORK,
     RUST_LOG="warn",
+    # The load writes as fast as it can, as one user: far past the default
+    # per-user write quota, which is not what these tests are about.
+    POST_WRITES_PER_HOUR="10000000",
+    POST_WRITE_BURST="100000",
 )
 PROCESSES = {}
 
