@@ -1,6 +1,6 @@
 //! `blog`: the blog backend from one binary. With no arguments it runs the
 //! whole stack in one process, each service on its own port, with SQLite
-//! under `./data` and a generated internal token they share (DESIGN §6).
+//! under `./data` and a generated internal token they share (see the README).
 //! `BLOG_SERVICES=auth` (or `posts`) runs one service only, which is how the
 //! container image runs either; `blog healthcheck` asks the selected services
 //! for their health, for container health checks.

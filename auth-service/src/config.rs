@@ -1,5 +1,5 @@
 //! The auth-service's settings: one struct, read once from flags and the
-//! environment (DESIGN §5) and passed down.
+//! environment (listed in the README) and passed down.
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -1,5 +1,5 @@
 //! Issuing access tokens: short-lived EdDSA JWTs that any service holding our
-//! public keys verifies on its own (DESIGN §2).
+//! public keys verifies on its own (`docs/contract.md`).
 
 use std::{sync::Arc, time::Duration};
 

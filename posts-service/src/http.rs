@@ -4,7 +4,7 @@
 //! Readiness fails only on what stops the service from answering: the
 //! database, or having no keys to verify tokens with. The event stream's
 //! state is reported in the body and in metrics, never as unreadiness, since
-//! reads and token checks go on while the auth-service is away (DESIGN §5).
+//! reads and token checks go on while the auth-service is away.
 
 use std::sync::{Arc, atomic::Ordering};
 

@@ -288,7 +288,7 @@ fn revocation_window(config: &Config) -> i64 {
 }
 
 /// `SERVING` only while the database answers and keys are loaded: without
-/// keys no token can be checked (DESIGN §2).
+/// keys no token can be checked.
 async fn report_health(
     store: Arc<dyn Store>,
     verifier: Arc<Verifier>,

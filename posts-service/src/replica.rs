@@ -1,6 +1,6 @@
 //! The consumer of the auth-service's `WatchUserEvents` stream: keeps the
 //! `authors` replica, deletes a deleted user's posts, and records
-//! revocations (DESIGN §4). Each event's effect and the cursor commit in one
+//! revocations (`docs/architecture.md`). Each event's effect and the cursor commit in one
 //! transaction, so across crashes and restarts every event is applied exactly
 //! once in effect; the in-memory revocations are updated for every event
 //! seen, applied here or by another replica sharing the database.

@@ -1,5 +1,5 @@
 //! Settings both services share, read from flags or the environment
-//! (DESIGN §5). Each service's own settings live in its crate.
+//! (listed in the README). Each service's own settings live in its crate.
 
 use std::{path::PathBuf, time::Duration};
 

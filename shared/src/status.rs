@@ -1,4 +1,4 @@
-//! The status messages clients are written against (DESIGN §3), and the one
+//! The status messages clients are written against (`docs/contract.md`), and the one
 //! way to answer bad input: `INVALID_ARGUMENT` with a `google.rpc.BadRequest`
 //! field violation per bad field.
 

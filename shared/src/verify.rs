@@ -1,7 +1,7 @@
 //! Access-token verification, shared by both services so that one set of rules
 //! decides who a caller is.
 //!
-//! The rules (DESIGN §2): the algorithm is pinned to EdDSA, the header must say
+//! The rules (`docs/contract.md`): the algorithm is pinned to EdDSA, the header must say
 //! `typ: at+jwt` and carry no `crit`, the key is found by `kid` in an in-memory
 //! set only (`jku`, `jwk` and `x5u` are never followed), every claim is
 //! required, leeway is bounded and oversized tokens are refused before any

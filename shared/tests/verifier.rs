@@ -1,4 +1,4 @@
-//! The verifier refuses every token DESIGN §2 says it must, each case on its
+//! The verifier refuses every token the contract says it must, each case on its
 //! own, and accepts a well-formed one.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};

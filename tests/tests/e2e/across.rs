@@ -1,4 +1,4 @@
-//! Across the two services (DESIGN §4): profile changes, deletions and
+//! Across the two services: profile changes, deletions and
 //! revocations reach the posts-service, also across restarts and outages.
 
 use shared::proto::{

@@ -20,7 +20,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-/// How soon a change in one service must show in the other (DESIGN §4).
+/// How soon a change in one service must show in the other.
 pub const PROPAGATION: Duration = Duration::from_secs(1);
 
 /// A service running in this process.
