@@ -12,9 +12,11 @@
 //! slots, then wait out a short deadline. Whatever is refused is answered at
 //! once with `RESOURCE_EXHAUSTED` and a `RetryInfo`, never queued.
 //!
-//! Methods whose client sends a stream (server reflection) cannot be
-//! buffered; they take a call slot straight away. Paths that name no method
-//! go to the router, which answers `UNIMPLEMENTED`.
+//! A call that streams (server reflection, health and event watches)
+//! outlives its handler, so it also holds one of a bounded number of stream
+//! slots until its response ends. Methods whose client sends a stream cannot
+//! be buffered; they take their slots straight away. Paths that name no
+//! method go to the router, which answers `UNIMPLEMENTED`.
 
 use std::{
     collections::HashMap,
@@ -65,6 +67,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub struct Limits {
     /// Calls whose handler runs at once, process-wide.
     pub max_calls: usize,
+    /// Streams open at once (event and health watches, reflection),
+    /// process-wide.
+    pub max_streams: usize,
     /// Calls receiving their message at once, process-wide.
     pub max_pending: usize,
     /// Calls of one connection receiving their message at once.
@@ -83,6 +88,7 @@ impl Limits {
         let max_calls = max_calls.max(1);
         Self {
             max_calls,
+            max_streams: max_calls,
             max_pending: 4 * max_calls,
             pending_per_connection: PENDING_PER_CONNECTION,
             message_timeout,
@@ -98,6 +104,8 @@ struct Shared {
     limits: Limits,
     /// Handler slots.
     calls: Arc<Semaphore>,
+    /// Open-stream slots.
+    streams: Arc<Semaphore>,
     /// Slots for calls receiving their message.
     pending: Arc<Semaphore>,
     /// Request bytes, one permit per byte.
@@ -121,6 +129,7 @@ impl AdmissionLayer {
         Self {
             shared: Arc::new(Shared {
                 calls: Arc::new(Semaphore::new(limits.max_calls)),
+                streams: Arc::new(Semaphore::new(limits.max_streams.max(1))),
                 pending: Arc::new(Semaphore::new(limits.max_pending.max(1))),
                 bytes: Arc::new(Semaphore::new(limits.max_request_bytes)),
                 per_connection: Mutex::new(HashMap::new()),
@@ -174,30 +183,72 @@ where
         let shared = self.shared.clone();
         Box::pin(async move {
             let method = methods::lookup(request.uri().path());
-            if method.client_streaming || std::ptr::eq(method, &methods::UNKNOWN) {
-                let Ok(_slot) = shared.calls.clone().try_acquire_owned() else {
-                    return Ok(refused("Server busy; try again shortly"));
+            let streaming = method.client_streaming || method.server_streaming;
+            // A stream outlives its handler: it holds a stream slot until
+            // its response ends.
+            let stream_slot = if streaming {
+                let Ok(slot) = shared.streams.clone().try_acquire_owned() else {
+                    return Ok(refused("Too many open streams; try again shortly"));
                 };
-                let response = inner.call(request).await?;
-                return Ok(response.map(Body::new));
-            }
-
-            let (parts, body) = request.into_parts();
-            let message = match receive(body, &shared, peer(&parts.extensions)).await {
-                Ok(message) => message,
-                Err(status) => return Ok(status.into_http()),
+                Some(slot)
+            } else {
+                None
+            };
+            // A client's stream cannot be read ahead, and an unknown path is
+            // answered without its body.
+            let buffered = !method.client_streaming && !std::ptr::eq(method, &methods::UNKNOWN);
+            let (request, permit) = if buffered {
+                let (parts, body) = request.into_parts();
+                let message = match receive(body, &shared, peer(&parts.extensions)).await {
+                    Ok(message) => message,
+                    Err(status) => return Ok(status.into_http()),
+                };
+                let body = Body::new(http_body_util::Full::new(message.bytes));
+                (Request::from_parts(parts, body), message.permit)
+            } else {
+                (request, None)
             };
             let Ok(_slot) = shared.calls.clone().try_acquire_owned() else {
                 return Ok(refused("Server busy; try again shortly"));
             };
-            let request =
-                Request::from_parts(parts, Body::new(http_body_util::Full::new(message.bytes)));
             let response = inner.call(request).await?;
             // The received bytes stay counted until the handler is done with
             // the request.
-            drop(message.permit);
-            Ok(response.map(Body::new))
+            drop(permit);
+            Ok(match stream_slot {
+                Some(slot) => response.map(|body| Body::new(Holding { body, _slot: slot })),
+                None => response.map(Body::new),
+            })
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body holding a slot until it is dropped.
+    struct Holding<B> {
+        #[pin]
+        body: B,
+        _slot: OwnedSemaphorePermit,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Holding<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

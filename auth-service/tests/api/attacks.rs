@@ -897,3 +897,47 @@ async fn the_http_side_is_capped_and_gives_up_on_silent_clients() {
         .unwrap();
     assert_eq!(healthz.status(), 200);
 }
+
+#[tokio::test]
+async fn open_streams_are_bounded_and_leave_other_calls_alone() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
+        config.common.max_concurrent_calls = 8;
+    })
+    .await;
+    let channel = Channel::from_shared(format!("http://{}", app.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let watch = || {
+        let mut health = HealthClient::new(channel.clone());
+        async move {
+            health
+                .watch(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+        }
+    };
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(watch().await.unwrap().into_inner());
+    }
+    assert_retry_later(&watch().await.unwrap_err());
+    // Unary calls have slots of their own.
+    for _ in 0..20 {
+        app.auth.clone().get_jwks(GetJwksRequest {}).await.unwrap();
+    }
+    // A closed stream gives its slot back.
+    drop(open);
+    let mut reopened = false;
+    for _ in 0..100 {
+        if watch().await.is_ok() {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened);
+}
