@@ -13,7 +13,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use shared::proto::auth::{self as pb, user_event::Event};
+use proto::auth::{self as pb, user_event::Event};
 
 use crate::{avatars::Avatars, error::Error, store::Store};
 

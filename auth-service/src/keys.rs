@@ -8,7 +8,7 @@ use ed25519_dalek::SigningKey;
 use jsonwebtoken::EncodingKey;
 use sha2::{Digest, Sha256};
 
-use shared::proto::auth::Jwk;
+use proto::auth::Jwk;
 
 use crate::{
     error::Result,

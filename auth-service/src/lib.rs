@@ -44,14 +44,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::interceptor::InterceptedService};
 
 use prometheus_client::metrics::counter::Counter;
+use proto::auth::{
+    auth_service_server::AuthServiceServer, user_event_service_server::UserEventServiceServer,
+    user_service_server::UserServiceServer,
+};
 use shared::{
     AuthInterceptor,
     limits::{Key, Limiter, MemoryLimiter, Rate},
     observe::Metrics,
-    proto::auth::{
-        auth_service_server::AuthServiceServer, user_event_service_server::UserEventServiceServer,
-        user_service_server::UserServiceServer,
-    },
     server,
     verify::Verifier,
 };

@@ -10,9 +10,9 @@ use std::{sync::Arc, time::Duration};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tonic::Request;
 
+use proto::auth::TokenResponse;
 use shared::{
     CurrentUser,
-    proto::auth::TokenResponse,
     secret::{random_bytes, random_token, sha256},
 };
 

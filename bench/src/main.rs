@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use shared::proto::{
+use proto::{
     auth::{
         CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient,
         user_service_client::UserServiceClient,

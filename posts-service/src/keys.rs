@@ -11,10 +11,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use shared::{
-    proto::auth::{GetJwksRequest, Jwk, auth_service_client::AuthServiceClient},
-    verify::Verifier,
-};
+use proto::auth::{GetJwksRequest, Jwk, auth_service_client::AuthServiceClient};
+use shared::verify::Verifier;
 
 use crate::{backoff, store::Store};
 

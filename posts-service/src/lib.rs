@@ -36,20 +36,13 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use shared::{
-    AuthInterceptor,
-    limits::MemoryLimiter,
-    observe::Metrics,
-    proto::{
-        auth::{
-            auth_service_client::AuthServiceClient,
-            user_event_service_client::UserEventServiceClient,
-        },
-        posts::post_service_server::PostServiceServer,
+use proto::{
+    auth::{
+        auth_service_client::AuthServiceClient, user_event_service_client::UserEventServiceClient,
     },
-    server,
-    verify::Verifier,
+    posts::post_service_server::PostServiceServer,
 };
+use shared::{AuthInterceptor, limits::MemoryLimiter, observe::Metrics, server, verify::Verifier};
 
 pub use config::Config;
 

@@ -16,7 +16,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, transport::Channel};
 
-use shared::proto::auth::{
+use proto::auth::{
     UserEvent, WatchUserEventsRequest, user_event::Event,
     user_event_service_client::UserEventServiceClient,
 };

@@ -1,6 +1,6 @@
-//! What the two blog services share, so that they agree by construction.
+//! The server kit the two blog services share, so that they agree by
+//! construction. The wire contract itself is the `proto` crate.
 //!
-//! - [`proto`]: the generated wire contract and its descriptor set.
 //! - [`verify`]: access-token verification (EdDSA, pinned rules).
 //! - [`current_user`]: the interceptor that verifies bearer tokens and the
 //!   [`CurrentUser`](current_user::CurrentUser) helper handlers call.
@@ -25,7 +25,6 @@ pub mod http;
 pub mod limits;
 pub mod methods;
 pub mod observe;
-pub mod proto;
 pub mod secret;
 pub mod server;
 pub mod status;

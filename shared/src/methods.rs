@@ -35,7 +35,7 @@ pub static UNKNOWN: Method = Method {
 /// The known methods by path (`/package.Service/Method`).
 static METHODS: LazyLock<HashMap<String, Method>> = LazyLock::new(|| {
     let sets = [
-        crate::proto::FILE_DESCRIPTOR_SET,
+        proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,

@@ -11,8 +11,8 @@ use crate::{
     admission::{AdmissionLayer, Limits},
     config::CommonConfig,
     observe::{Metrics, ObserveLayer},
-    proto::FILE_DESCRIPTOR_SET,
 };
+use proto::FILE_DESCRIPTOR_SET;
 
 /// Most concurrent HTTP/2 streams (calls) one connection may open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;

@@ -18,7 +18,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::proto::auth::Jwk;
+use proto::auth::Jwk;
 
 /// The largest token accepted, in bytes. Ours are about 500.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;

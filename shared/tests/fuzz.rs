@@ -5,7 +5,8 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use proptest::prelude::*;
-use shared::{AuthInterceptor, proto::auth::Jwk, verify::Verifier};
+use proto::auth::Jwk;
+use shared::{AuthInterceptor, verify::Verifier};
 use tonic::metadata::MetadataMap;
 
 fn verifier() -> Verifier {

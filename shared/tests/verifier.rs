@@ -6,10 +6,8 @@ use ed25519_dalek::SigningKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use shared::{
-    proto::auth::Jwk,
-    verify::{Verifier, VerifyError, unix_now},
-};
+use proto::auth::Jwk;
+use shared::verify::{Verifier, VerifyError, unix_now};
 
 const ISS: &str = "blog-auth";
 const AUD: &str = "blog";

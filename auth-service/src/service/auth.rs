@@ -4,15 +4,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use shared::{
-    limits::Key,
-    proto::auth::{
-        ChangePasswordRequest, GetJwksRequest, Jwks, LoginRequest, LogoutRequest,
-        RefreshTokenRequest, RequestPasswordResetRequest, ResetPasswordRequest, TokenResponse,
-        auth_service_server::AuthService,
-    },
-    status::FieldErrors,
+use proto::auth::{
+    ChangePasswordRequest, GetJwksRequest, Jwks, LoginRequest, LogoutRequest, RefreshTokenRequest,
+    RequestPasswordResetRequest, ResetPasswordRequest, TokenResponse,
+    auth_service_server::AuthService,
 };
+use shared::{limits::Key, status::FieldErrors};
 
 use crate::{
     AppState,

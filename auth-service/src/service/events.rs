@@ -5,11 +5,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use shared::{
-    proto::auth::{WatchUserEventsRequest, user_event_service_server::UserEventService},
-    secret::constant_time_eq,
-    status::FieldErrors,
-};
+use proto::auth::{WatchUserEventsRequest, user_event_service_server::UserEventService};
+use shared::{secret::constant_time_eq, status::FieldErrors};
 
 use crate::{
     AppState,

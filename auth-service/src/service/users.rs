@@ -4,14 +4,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use shared::{
-    limits::Key,
-    proto::auth::{
-        CreateUserRequest, DeleteAvatarRequest, DeleteMeRequest, GetMeRequest, GetUserRequest,
-        SetAvatarRequest, UpdateMeRequest, User, UserProfile, user_service_server::UserService,
-    },
-    status::FieldErrors,
+use proto::auth::{
+    CreateUserRequest, DeleteAvatarRequest, DeleteMeRequest, GetMeRequest, GetUserRequest,
+    SetAvatarRequest, UpdateMeRequest, User, UserProfile, user_service_server::UserService,
 };
+use shared::{limits::Key, status::FieldErrors};
 
 use crate::{
     AppState,

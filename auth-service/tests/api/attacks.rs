@@ -5,7 +5,7 @@
 use std::{io::Cursor, str::FromStr, time::Duration};
 
 use image::{DynamicImage, ImageFormat, RgbImage};
-use shared::proto::auth::{
+use proto::auth::{
     ChangePasswordRequest, CreateUserRequest, DeleteMeRequest, GetJwksRequest, GetMeRequest,
     LoginRequest, RequestPasswordResetRequest, ResetPasswordRequest, SetAvatarRequest,
     UpdateMeRequest, auth_service_client::AuthServiceClient,
@@ -210,7 +210,7 @@ impl Drop for Process {
 
 #[tokio::test]
 async fn hostile_and_abandoned_uploads_stay_within_the_memory_budget() {
-    use shared::proto::auth::user_service_client::UserServiceClient;
+    use proto::auth::user_service_client::UserServiceClient;
     let process = Process::start().await;
     let channel = process.channel().await;
     let mut users = UserServiceClient::new(channel.clone());
@@ -321,8 +321,7 @@ async fn calls_that_never_send_their_message_cannot_lock_others_out() {
             silent.push(tokio::spawn(async move {
                 grpc.ready().await.unwrap();
                 let never = futures::stream::pending::<GetJwksRequest>();
-                let codec =
-                    tonic_prost::ProstCodec::<GetJwksRequest, shared::proto::auth::Jwks>::default();
+                let codec = tonic_prost::ProstCodec::<GetJwksRequest, proto::auth::Jwks>::default();
                 grpc.client_streaming(Request::new(never), path, codec)
                     .await
                     .map(|_| ())
@@ -789,7 +788,7 @@ async fn look_alike_usernames_are_taken_and_invisible_ones_refused() {
 async fn registrations_are_limited_per_address() {
     let app = spawn_app().await;
     let from = client_from(&app, [127, 0, 0, 99]).await;
-    let mut users = shared::proto::auth::user_service_client::UserServiceClient::new(from);
+    let mut users = proto::auth::user_service_client::UserServiceClient::new(from);
     let mut refused = None;
     for i in 0..40 {
         let user = TestUser::generate();

@@ -1,7 +1,7 @@
 //! `AuthService`: login, refresh rotation, logout, password change, keys.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use shared::proto::auth::{
+use proto::auth::{
     ChangePasswordRequest, GetJwksRequest, GetMeRequest, LogoutRequest, RefreshTokenRequest,
 };
 use tonic::Code;
@@ -22,10 +22,7 @@ async fn get_me_status(app: &TestApp, token: &str) -> Code {
     }
 }
 
-async fn refresh(
-    app: &TestApp,
-    token: &str,
-) -> Result<shared::proto::auth::TokenResponse, tonic::Status> {
+async fn refresh(app: &TestApp, token: &str) -> Result<proto::auth::TokenResponse, tonic::Status> {
     app.auth
         .clone()
         .refresh_token(RefreshTokenRequest {

@@ -5,9 +5,7 @@
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageFormat, Rgba, RgbaImage};
-use shared::proto::auth::{
-    DeleteAvatarRequest, DeleteMeRequest, GetUserRequest, SetAvatarRequest, User,
-};
+use proto::auth::{DeleteAvatarRequest, DeleteMeRequest, GetUserRequest, SetAvatarRequest, User};
 use testkit::TestDatabase;
 use tonic::{Code, Status};
 
@@ -266,7 +264,7 @@ async fn the_http_side_publishes_the_same_keys_as_get_jwks() {
     let jwks = app
         .auth
         .clone()
-        .get_jwks(shared::proto::auth::GetJwksRequest {})
+        .get_jwks(proto::auth::GetJwksRequest {})
         .await
         .unwrap()
         .into_inner();

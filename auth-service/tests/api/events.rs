@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shared::proto::auth::{
+use proto::auth::{
     DeleteMeRequest, LogoutRequest, UpdateMeRequest, UserEvent, WatchUserEventsRequest,
     user_event::Event,
 };

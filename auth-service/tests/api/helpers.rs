@@ -8,14 +8,11 @@ use auth_service::{
     config::{AuthConfig, AvatarConfig, LimitConfig, MailConfig},
     store::{self, Store},
 };
-use shared::{
-    config::{CommonConfig, LogFormat},
-    proto::auth::{
-        CreateUserRequest, LoginRequest, TokenResponse, User,
-        auth_service_client::AuthServiceClient, user_event_service_client::UserEventServiceClient,
-        user_service_client::UserServiceClient,
-    },
+use proto::auth::{
+    CreateUserRequest, LoginRequest, TokenResponse, User, auth_service_client::AuthServiceClient,
+    user_event_service_client::UserEventServiceClient, user_service_client::UserServiceClient,
 };
+use shared::config::{CommonConfig, LogFormat};
 use testkit::TestDatabase;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Status, transport::Channel};

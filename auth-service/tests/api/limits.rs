@@ -1,7 +1,7 @@
 //! Transport limits, over the wire: overload is refused at once, oversized
 //! metadata and messages are refused, and the server keeps serving.
 
-use shared::proto::auth::{CreateUserRequest, GetJwksRequest};
+use proto::auth::{CreateUserRequest, GetJwksRequest};
 use testkit::TestDatabase;
 use tonic::{Code, Request};
 
@@ -178,11 +178,10 @@ async fn connections_are_recycled_after_their_maximum_age() {
 /// A new client on `addr` is answered: whatever happened to one connection,
 /// the server itself is fine.
 async fn still_serves(addr: std::net::SocketAddr) {
-    let mut client = shared::proto::auth::auth_service_client::AuthServiceClient::connect(format!(
-        "http://{addr}"
-    ))
-    .await
-    .unwrap();
+    let mut client =
+        proto::auth::auth_service_client::AuthServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
     client.get_jwks(GetJwksRequest {}).await.unwrap();
 }
 

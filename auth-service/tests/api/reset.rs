@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shared::proto::auth::{
+use proto::auth::{
     ChangePasswordRequest, GetMeRequest, RefreshTokenRequest, RequestPasswordResetRequest,
     ResetPasswordRequest,
 };

@@ -1,6 +1,6 @@
 //! `UserService`: registration, profiles and self-service.
 
-use shared::proto::auth::{DeleteMeRequest, GetMeRequest, GetUserRequest, UpdateMeRequest};
+use proto::auth::{DeleteMeRequest, GetMeRequest, GetUserRequest, UpdateMeRequest};
 use tonic::{Code, Request};
 
 use crate::helpers::{TestUser, assert_status, bearer, spawn_app, violated_fields};
@@ -290,7 +290,7 @@ async fn a_bad_token_is_refused_even_on_public_calls() {
         .clone()
         .create_user(bearer(
             "not-a-token",
-            shared::proto::auth::CreateUserRequest {
+            proto::auth::CreateUserRequest {
                 username: "mallory".into(),
                 email: "mallory@example.com".into(),
                 password: "long enough password".into(),

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use proto::posts::{
+    Author, CreatePostRequest, DeletePostRequest, GetPostRequest, ListPostsRequest,
+    ListPostsResponse, Post, UpdatePostRequest, post_service_server::PostService,
+};
 use shared::{
     CurrentUser,
     limits::{Key, Limiter, Rate},
-    proto::posts::{
-        Author, CreatePostRequest, DeletePostRequest, GetPostRequest, ListPostsRequest,
-        ListPostsResponse, Post, UpdatePostRequest, post_service_server::PostService,
-    },
     status::FieldErrors,
 };
 

@@ -1,7 +1,7 @@
 //! Across the two services: profile changes, deletions and
 //! revocations reach the posts-service, also across restarts and outages.
 
-use shared::proto::{
+use proto::{
     auth::{DeleteMeRequest, LogoutRequest, UpdateMeRequest},
     posts::{GetPostRequest, ListPostsRequest},
 };
@@ -241,9 +241,7 @@ async fn before_it_has_keys_the_posts_service_answers_tokens_with_unavailable() 
 
 #[tokio::test]
 async fn a_password_reset_kills_old_tokens_on_both_services() {
-    use shared::proto::auth::{
-        RefreshTokenRequest, RequestPasswordResetRequest, ResetPasswordRequest,
-    };
+    use proto::auth::{RefreshTokenRequest, RequestPasswordResetRequest, ResetPasswordRequest};
     let stack = spawn_stack().await;
     let alice = stack.user().await;
     assert_eq!(token_accepted(&stack, &alice).await, Code::Ok);
@@ -286,14 +284,14 @@ async fn a_password_reset_kills_old_tokens_on_both_services() {
     let me = stack
         .users
         .clone()
-        .get_me(bearer(&alice.token, shared::proto::auth::GetMeRequest {}))
+        .get_me(bearer(&alice.token, proto::auth::GetMeRequest {}))
         .await;
     assert_eq!(me.unwrap_err().code(), Code::Unauthenticated);
 }
 
 #[tokio::test]
 async fn a_new_or_removed_avatar_shows_on_posts_within_a_second() {
-    use shared::proto::auth::{DeleteAvatarRequest, SetAvatarRequest};
+    use proto::auth::{DeleteAvatarRequest, SetAvatarRequest};
     let stack = spawn_stack().await;
     let alice = stack.user().await;
     let post = stack.create_post(&alice, "Hello", "x").await.unwrap();

@@ -4,11 +4,11 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::{Value, json};
-use shared::proto::{
+use proto::{
     auth::{DeleteMeRequest, GetMeRequest},
     posts::{CreatePostRequest, ListPostsRequest},
 };
+use serde_json::{Value, json};
 use tonic::{Code, Request, metadata::MetadataMap};
 
 use crate::helpers::{PROPAGATION, Stack, TestUser, bearer, eventually, spawn_stack};
@@ -312,7 +312,7 @@ async fn a_burst_of_post_writes_beyond_the_quota_is_refused_with_retry_info() {
             == tonic_health::pb::health_check_response::ServingStatus::Serving
     })
     .await;
-    let posts = shared::proto::posts::post_service_client::PostServiceClient::new(
+    let posts = proto::posts::post_service_client::PostServiceClient::new(
         tonic::transport::Channel::from_shared(format!("http://{}", running.addr))
             .unwrap()
             .connect()
@@ -397,7 +397,7 @@ async fn nul_bytes_in_titles_and_contents_are_invalid_on_every_backend() {
         .clone()
         .update_post(bearer(
             &alice.token,
-            shared::proto::posts::UpdatePostRequest {
+            proto::posts::UpdatePostRequest {
                 id: post.id,
                 title: Some("nul\0".into()),
                 content: None,

@@ -3,16 +3,14 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use shared::{
-    config::{CommonConfig, LogFormat},
-    proto::{
-        auth::{
-            CreateUserRequest, LoginRequest, TokenResponse, User,
-            auth_service_client::AuthServiceClient, user_service_client::UserServiceClient,
-        },
-        posts::{CreatePostRequest, Post, post_service_client::PostServiceClient},
+use proto::{
+    auth::{
+        CreateUserRequest, LoginRequest, TokenResponse, User,
+        auth_service_client::AuthServiceClient, user_service_client::UserServiceClient,
     },
+    posts::{CreatePostRequest, Post, post_service_client::PostServiceClient},
 };
+use shared::config::{CommonConfig, LogFormat};
 use testkit::{TestDatabase, smtp::SmtpSink};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Status, transport::Channel};

@@ -1,6 +1,6 @@
 //! What operators see: request ids, metrics and probes on both services.
 
-use shared::proto::posts::{GetPostRequest, ListPostsRequest};
+use proto::posts::{GetPostRequest, ListPostsRequest};
 use tonic::{Code, Request};
 
 use crate::helpers::{bearer, spawn_stack};
@@ -64,7 +64,7 @@ async fn metrics_count_calls_by_method_and_code_and_refused_tokens_by_reason() {
     let _ = stack
         .auth
         .clone()
-        .login(shared::proto::auth::LoginRequest {
+        .login(proto::auth::LoginRequest {
             username_or_email: alice.username.clone(),
             password: "wrong password".into(),
         })

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use shared::proto::posts::{
+use proto::posts::{
     CreatePostRequest, DeletePostRequest, GetPostRequest, ListPostsRequest, ListPostsResponse,
     UpdatePostRequest,
 };
@@ -28,7 +28,7 @@ async fn list(
         .map(|r| r.into_inner())
 }
 
-async fn get(stack: &Stack, id: i64) -> Result<shared::proto::posts::Post, Status> {
+async fn get(stack: &Stack, id: i64) -> Result<proto::posts::Post, Status> {
     stack
         .posts
         .clone()

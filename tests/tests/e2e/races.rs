@@ -1,6 +1,6 @@
 //! Concurrency: many racing calls end in exactly the allowed outcomes.
 
-use shared::proto::{
+use proto::{
     auth::CreateUserRequest,
     posts::{DeletePostRequest, GetPostRequest, UpdatePostRequest},
 };

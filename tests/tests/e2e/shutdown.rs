@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shared::proto::auth::CreateUserRequest;
+use proto::auth::CreateUserRequest;
 
 use crate::helpers::spawn_stack;
 

@@ -4,12 +4,12 @@
 
 use std::{path::Path, time::Duration};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use shared::proto::auth::{
+use proto::auth::{
     CreateUserRequest, GetJwksRequest, LoginRequest, auth_service_client::AuthServiceClient,
     user_service_client::UserServiceClient,
 };
-use shared::proto::posts::{CreatePostRequest, post_service_client::PostServiceClient};
+use proto::posts::{CreatePostRequest, post_service_client::PostServiceClient};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::helpers::{

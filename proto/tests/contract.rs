@@ -58,7 +58,7 @@ fn the_identity_rule_tells_ids_from_data() {
 }
 
 fn contract() -> FileDescriptorSet {
-    FileDescriptorSet::decode(shared::proto::FILE_DESCRIPTOR_SET).unwrap()
+    FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET).unwrap()
 }
 
 #[test]

@@ -1,13 +1,13 @@
-//! A Rust client of the blog backend, on the stubs generated in `shared`.
+//! A Rust client of the blog backend, on the stubs of this crate alone.
 //!
 //! ```sh
-//! cargo run --release &                      # the stack
-//! cargo run --example rust_client            # or: -- http://auth:50051 http://posts:50052
+//! cargo run --release &                                # the stack
+//! cargo run -p blog-proto --example rust_client        # or: -- http://auth:50051 http://posts:50052
 //! ```
 //!
 //! Registers a user, logs in, writes a post and lists the newest posts.
 
-use shared::proto::{
+use proto::{
     auth::{
         CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient,
         user_service_client::UserServiceClient,

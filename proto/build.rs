@@ -1,6 +1,6 @@
-//! Compiles the wire contract in `proto/` with protox (no system `protoc`
-//! needed) and keeps the encoded descriptor set, imports included, for server
-//! reflection.
+//! Compiles the contract (the `.proto` files beside this script) with
+//! protox, so no system `protoc` is needed, and keeps the encoded descriptor
+//! set, imports included, for server reflection.
 
 use std::{env, fs, path::PathBuf};
 
@@ -14,8 +14,8 @@ const PROTOS: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
-    println!("cargo:rerun-if-changed={}", root.display());
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    println!("cargo:rerun-if-changed={}", root.join("blog").display());
 
     let files: Vec<PathBuf> = PROTOS.iter().map(|p| root.join(p)).collect();
     let descriptors = protox::compile(&files, [&root])?;
