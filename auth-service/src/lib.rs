@@ -303,10 +303,10 @@ impl Application {
         let router = server::with_reflection(
             router,
             config.common.reflection,
+            // The internal event stream is served but not advertised.
             &[
                 <UserServiceServer<service::UsersApi> as NamedService>::NAME,
                 <AuthServiceServer<service::AuthApi> as NamedService>::NAME,
-                <UserEventServiceServer<service::UserEventsApi> as NamedService>::NAME,
             ],
         )?;
 

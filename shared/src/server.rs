@@ -12,6 +12,8 @@ use crate::{
     config::CommonConfig,
     observe::{Metrics, ObserveLayer},
 };
+use prost::Message;
+use prost_types::{FileDescriptorProto, FileDescriptorSet};
 use proto::FILE_DESCRIPTOR_SET;
 
 /// Most concurrent HTTP/2 streams (calls) one connection may open.
@@ -60,10 +62,11 @@ pub fn builder(
         ))))
 }
 
-/// Adds reflection (v1 and v1alpha) for the whole contract plus
-/// `grpc.health.v1` and `google.rpc` error details to `router`, unless `enabled` is false.
-/// Only `services` (full names) are listed, so a client sees what this
-/// server actually serves.
+/// Adds reflection (v1 and v1alpha) to `router`, unless `enabled` is false:
+/// the files of the contract that define `services` (full names) and what
+/// they import, plus `grpc.health.v1` and the `google.rpc` error details. A
+/// client sees what this server serves and nothing else: no other service
+/// of the contract resolves here.
 pub fn with_reflection<L>(
     router: Router<L>,
     enabled: bool,
@@ -72,6 +75,7 @@ pub fn with_reflection<L>(
     if !enabled {
         return Ok(router);
     }
+    let files = files_serving(services);
     let configure = || {
         let builder = services.iter().fold(
             tonic_reflection::server::Builder::configure(),
@@ -79,7 +83,7 @@ pub fn with_reflection<L>(
         );
         builder
             .with_service_name("grpc.health.v1.Health")
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_file_descriptor_set(files.clone())
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             // google.rpc error details, so clients can decode BadRequest.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
@@ -87,6 +91,44 @@ pub fn with_reflection<L>(
     Ok(router
         .add_service(configure().build_v1()?)
         .add_service(configure().build_v1alpha()?))
+}
+
+/// The contract's files that define any of `services`, with everything
+/// they import.
+fn files_serving(services: &[&str]) -> FileDescriptorSet {
+    // Compiled into the binary by the build: a set that does not decode is
+    // a broken build, not a runtime condition.
+    let all =
+        FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("the contract's descriptors decode");
+    let defines = |file: &FileDescriptorProto| {
+        file.service
+            .iter()
+            .any(|s| services.contains(&format!("{}.{}", file.package(), s.name()).as_str()))
+    };
+    let mut wanted: Vec<String> = all
+        .file
+        .iter()
+        .filter(|f| defines(f))
+        .map(|f| f.name().to_owned())
+        .collect();
+    let mut i = 0;
+    while let Some(name) = wanted.get(i).cloned() {
+        if let Some(file) = all.file.iter().find(|f| f.name() == name) {
+            for dependency in &file.dependency {
+                if !wanted.contains(dependency) {
+                    wanted.push(dependency.clone());
+                }
+            }
+        }
+        i += 1;
+    }
+    FileDescriptorSet {
+        file: all
+            .file
+            .into_iter()
+            .filter(|f| wanted.iter().any(|w| w == f.name()))
+            .collect(),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C), the signals a supervisor or a
@@ -156,4 +198,37 @@ pub async fn healthcheck(addr: std::net::SocketAddr) -> Result<(), String> {
     tokio::time::timeout(Duration::from_secs(5), check)
         .await
         .unwrap_or_else(|_| Err(format!("{addr} did not answer within 5 s")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_server_describes_its_own_services_and_their_imports_only() {
+        let files = files_serving(&["blog.posts.v1.PostService"]);
+        let mut names: Vec<&str> = files.file.iter().map(|f| f.name()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "blog/posts/v1/posts.proto",
+                "google/protobuf/empty.proto",
+                "google/protobuf/timestamp.proto"
+            ]
+        );
+        let files = files_serving(&["blog.auth.v1.UserService", "blog.auth.v1.AuthService"]);
+        assert!(
+            files
+                .file
+                .iter()
+                .all(|f| f.name() != "blog/auth/v1/events.proto")
+        );
+        assert!(
+            files
+                .file
+                .iter()
+                .any(|f| f.name() == "blog/auth/v1/users.proto")
+        );
+    }
 }
