@@ -16,6 +16,7 @@ use object_store::{
     Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
     aws::AmazonS3Builder, local::LocalFileSystem, path::Path,
 };
+use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
 
 use crate::{
@@ -83,7 +84,7 @@ impl Avatars {
             builder = builder.with_access_key_id(id);
         }
         if let Some(secret) = &config.avatar_s3_secret_access_key {
-            builder = builder.with_secret_access_key(secret);
+            builder = builder.with_secret_access_key(secret.expose_secret());
         }
         let store = builder.build().context("configuring the S3 avatar store")?;
         let public_base = match (&config.avatar_s3_public_url, &config.avatar_s3_endpoint) {

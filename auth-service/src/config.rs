@@ -3,7 +3,11 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use shared::{config::CommonConfig, limits::Rate};
+use secrecy::SecretString;
+use shared::{
+    config::{CommonConfig, positive_seconds, seconds, secret},
+    limits::Rate,
+};
 
 /// Settings of the auth-service alone.
 #[derive(Debug, Clone, clap::Args)]
@@ -16,27 +20,29 @@ pub struct AuthConfig {
         long,
         env = "AUTH_DATABASE_URL",
         default_value = "sqlite://data/auth.db",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    pub auth_database_url: String,
+    pub auth_database_url: SecretString,
     /// Address of the plain HTTP side: JWKS, health, avatars.
     #[arg(long, env = "AUTH_HTTP_ADDR", default_value = "127.0.0.1:8081")]
     pub auth_http_addr: SocketAddr,
-    /// Base of absolute `avatar_url`s served by this service. Empty: the
-    /// address `AUTH_HTTP_ADDR` is bound to.
-    #[arg(long, env = "AUTH_PUBLIC_URL", default_value = "http://127.0.0.1:8081")]
-    pub auth_public_url: String,
+    /// Base of absolute `avatar_url`s served by this service. Unset (or
+    /// empty): `http://` and the address `AUTH_HTTP_ADDR` is bound to.
+    #[arg(long, env = "AUTH_PUBLIC_URL")]
+    pub auth_public_url: Option<String>,
     /// An Ed25519 private key (PKCS#8 PEM, as `openssl genpkey -algorithm
     /// ed25519` writes it) to sign with, e.g. a mounted secret. Unset: a key
     /// is generated once and kept in the database.
     #[arg(long, env = "SIGNING_KEY_FILE")]
     pub signing_key_file: Option<std::path::PathBuf>,
     /// Absolute lifetime of a session and its refresh tokens, in seconds.
-    #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 30 * 24 * 60 * 60)]
-    pub session_ttl_secs: u64,
-    /// Longest wait for a database connection before answering UNAVAILABLE.
-    #[arg(long, env = "AUTH_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
-    pub auth_db_acquire_timeout_secs: u64,
+    #[arg(long = "session-ttl-secs", env = "SESSION_TTL_SECS", default_value = "2592000", value_parser = seconds)]
+    pub session_ttl: Duration,
+    /// Longest wait for a database connection before answering
+    /// UNAVAILABLE, in seconds.
+    #[arg(long = "auth-db-acquire-timeout-secs", env = "AUTH_DB_ACQUIRE_TIMEOUT_SECS", default_value = "5", value_parser = positive_seconds)]
+    pub auth_db_acquire_timeout: Duration,
     /// Certificate chain (PEM) for TLS on the gRPC port; with
     /// `AUTH_TLS_KEY_FILE`, the port speaks TLS only.
     #[arg(long, env = "AUTH_TLS_CERT_FILE")]
@@ -129,8 +135,8 @@ pub struct MailConfig {
     /// `smtp://[user:pass@]host[:port]` (plaintext), `smtp://…?tls=required`
     /// (STARTTLS) or `smtps://…`. Unset: messages are written as `.eml`
     /// files under `DATA_DIR/mail/`.
-    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
-    pub smtp_url: Option<String>,
+    #[arg(long, env = "SMTP_URL", hide_env_values = true, value_parser = secret)]
+    pub smtp_url: Option<SecretString>,
     /// Sender of outgoing mail.
     #[arg(
         long,
@@ -142,8 +148,8 @@ pub struct MailConfig {
     #[arg(long, env = "FRONTEND_URL", default_value = "http://localhost:3000")]
     pub frontend_url: String,
     /// How long a password-reset link works, in seconds.
-    #[arg(long, env = "PASSWORD_RESET_TTL_SECS", default_value_t = 3600)]
-    pub password_reset_ttl_secs: u64,
+    #[arg(long = "password-reset-ttl-secs", env = "PASSWORD_RESET_TTL_SECS", default_value = "3600", value_parser = positive_seconds)]
+    pub password_reset_ttl: Duration,
 }
 
 /// Where profile pictures are kept: local files under `DATA_DIR/avatars/`
@@ -163,8 +169,8 @@ pub struct AvatarConfig {
     #[arg(long, env = "AVATAR_S3_ACCESS_KEY_ID")]
     pub avatar_s3_access_key_id: Option<String>,
     /// S3 secret access key.
-    #[arg(long, env = "AVATAR_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
-    pub avatar_s3_secret_access_key: Option<String>,
+    #[arg(long, env = "AVATAR_S3_SECRET_ACCESS_KEY", hide_env_values = true, value_parser = secret)]
+    pub avatar_s3_secret_access_key: Option<SecretString>,
     /// Public base URL of the bucket's objects; by default the endpoint and
     /// bucket (path style), or the bucket's AWS address.
     #[arg(long, env = "AVATAR_S3_PUBLIC_URL")]
@@ -187,12 +193,21 @@ pub struct Config {
     pub common: CommonConfig,
 }
 
-impl AuthConfig {
-    /// Absolute lifetime of a session.
-    pub fn session_ttl(&self) -> Duration {
-        Duration::from_secs(self.session_ttl_secs)
+impl Config {
+    /// Every default, listening on 127.0.0.1 ports chosen by the system,
+    /// with local state under `data_dir`: how tests start a service.
+    pub fn for_tests(data_dir: std::path::PathBuf) -> Self {
+        let mut config: Self = shared::config::defaults();
+        let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        config.auth.auth_listen_addr = any_port;
+        config.auth.auth_http_addr = any_port;
+        config.auth.auth_database_url = format!("sqlite://{}/auth.db", data_dir.display()).into();
+        config.common.data_dir = data_dir;
+        config
     }
+}
 
+impl AuthConfig {
     /// The gRPC port's TLS files.
     pub fn tls(&self) -> shared::config::ServerTlsFiles {
         shared::config::ServerTlsFiles {
@@ -201,14 +216,49 @@ impl AuthConfig {
             client_ca: self.auth_tls_client_ca_file.clone(),
         }
     }
+}
 
-    /// How long a password-reset link works.
-    pub fn password_reset_ttl(&self) -> Duration {
-        Duration::from_secs(self.mail.password_reset_ttl_secs)
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn defaults_come_from_the_settings_themselves() {
+        let config: Config = shared::config::defaults();
+        assert_eq!(config.auth.auth_listen_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.auth.session_ttl, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(config.common.request_timeout, Duration::from_secs(30));
+        // Unset: avatar URLs follow the address the HTTP side is bound to.
+        assert_eq!(config.auth.auth_public_url, None);
+        assert_eq!(config.auth.limits.registration_burst, 30);
     }
 
-    /// Longest wait for a database connection.
-    pub fn db_acquire_timeout(&self) -> Duration {
-        Duration::from_secs(self.auth_db_acquire_timeout_secs)
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let mut config = Config::for_tests(std::env::temp_dir());
+        config.auth.auth_database_url = "postgres://blog:hunter2@db/auth".to_owned().into();
+        config.common.internal_token = Some("internal-hunter2".to_owned().into());
+        config.auth.mail.smtp_url = Some("smtp://u:hunter2@mail".to_owned().into());
+        config.auth.avatars.avatar_s3_secret_access_key = Some("hunter2".to_owned().into());
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            config
+                .auth
+                .auth_database_url
+                .expose_secret()
+                .contains("hunter2")
+        );
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_is_refused() {
+        let files = AuthConfig {
+            auth_tls_cert_file: Some("cert.pem".into()),
+            ..Config::for_tests(std::env::temp_dir()).auth
+        };
+        assert!(files.tls().load().is_err());
     }
 }

@@ -39,6 +39,7 @@ pub mod tokens;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::interceptor::InterceptedService};
@@ -87,7 +88,7 @@ pub struct AppState {
     /// Password reset by mail.
     pub resets: Arc<PasswordResets>,
     /// The secret guarding `UserEventService`.
-    pub internal_token: String,
+    pub internal_token: SecretString,
     /// Cancelled when the service stops, to end long-lived streams.
     pub shutdown: CancellationToken,
     /// Everything `/metrics` shows.
@@ -131,8 +132,8 @@ impl Application {
     /// the listen address.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = store::connect(
-            &config.auth.auth_database_url,
-            config.auth.db_acquire_timeout(),
+            config.auth.auth_database_url.expose_secret(),
+            config.auth.auth_db_acquire_timeout,
         )
         .await
         .context("opening the auth database")?;
@@ -144,7 +145,7 @@ impl Application {
         let verifier = Arc::new(Verifier::new(
             &config.common.token_issuer,
             &config.common.token_audience,
-            config.common.token_leeway(),
+            config.common.token_leeway,
         ));
         verifier
             .set_keys(keys.jwks())
@@ -153,7 +154,7 @@ impl Application {
             keys,
             config.common.token_issuer.clone(),
             config.common.token_audience.clone(),
-            config.common.access_token_ttl(),
+            config.common.access_token_ttl,
         ));
         let internal_token = config
             .common
@@ -162,16 +163,16 @@ impl Application {
         let http_listener = TcpListener::bind(config.auth.auth_http_addr)
             .await
             .with_context(|| format!("binding {}", config.auth.auth_http_addr))?;
-        let public_url = match config.auth.auth_public_url.as_str() {
-            "" => format!("http://{}", http_listener.local_addr()?),
-            url => url.to_owned(),
+        let public_url = match config.auth.auth_public_url.as_deref() {
+            None | Some("") => format!("http://{}", http_listener.local_addr()?),
+            Some(url) => url.to_owned(),
         };
         let avatars = Arc::new(
             Avatars::from_config(&config.auth.avatars, &config.common.data_dir, &public_url)
                 .context("opening the avatar store")?,
         );
         let mailer: Arc<dyn Mailer> = match &config.auth.mail.smtp_url {
-            Some(url) => Arc::new(SmtpMailer::new(url)?),
+            Some(url) => Arc::new(SmtpMailer::new(url.expose_secret())?),
             None => Arc::new(FileMailer::new(config.common.data_dir.join("mail"))),
         };
         let from = config
@@ -186,7 +187,7 @@ impl Application {
             mailer,
             from,
             &config.auth.mail.frontend_url,
-            config.auth.password_reset_ttl(),
+            config.auth.mail.password_reset_ttl,
             limiter.clone(),
             config.auth.limits.reset_mails(),
         ));
@@ -210,7 +211,7 @@ impl Application {
             credentials,
             limiter,
             limits: config.auth.limits.clone(),
-            sessions: SessionManager::new(store.clone(), tokens.clone(), config.auth.session_ttl()),
+            sessions: SessionManager::new(store.clone(), tokens.clone(), config.auth.session_ttl),
             store,
             passwords,
             tokens,
@@ -321,7 +322,7 @@ impl Application {
         let stopping = state.shutdown.clone();
         router
             .serve_with_incoming_shutdown(
-                shared::conn::incoming(listener, config.common.connection_idle_timeout()),
+                shared::conn::incoming(listener, config.common.connection_idle_timeout),
                 async move {
                     shutdown.await;
                     // End event streams so that the graceful stop does not wait

@@ -658,28 +658,16 @@ async fn run_backend(
 
 async fn noop_server(addr: SocketAddr) -> anyhow::Result<()> {
     let config = shared::config::CommonConfig {
-        token_issuer: "bench".into(),
-        token_audience: "bench".into(),
-        token_leeway_secs: 0,
-        access_token_ttl_secs: 900,
-        internal_token: None,
-        internal_token_file: None,
-        data_dir: std::env::temp_dir(),
-        reflection: false,
-        request_timeout_secs: 30,
-        request_message_timeout_secs: 10,
         max_concurrent_calls: 100_000,
-        max_connection_age_secs: 1800,
-        connection_idle_timeout_secs: 75,
-        keepalive_interval_secs: 30,
-        log_format: shared::config::LogFormat::Human,
+        reflection: false,
+        ..shared::config::CommonConfig::defaults()
     };
     let (_, health) = tonic_health::server::health_reporter();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     shared::server::builder(&config, Arc::new(shared::observe::Metrics::new()), None)?
         .add_service(health)
         .serve_with_incoming_shutdown(
-            shared::conn::incoming(listener, config.connection_idle_timeout()),
+            shared::conn::incoming(listener, config.connection_idle_timeout),
             shared::server::shutdown_signal(),
         )
         .await?;

@@ -3,7 +3,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use shared::config::CommonConfig;
+use secrecy::SecretString;
+use shared::config::{CommonConfig, positive_seconds, secret};
 
 /// Settings of the posts-service alone.
 #[derive(Debug, Clone, clap::Args)]
@@ -19,9 +20,10 @@ pub struct PostsConfig {
         long,
         env = "POSTS_DATABASE_URL",
         default_value = "sqlite://data/posts.db",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret
     )]
-    pub posts_database_url: String,
+    pub posts_database_url: SecretString,
     /// Where the auth-service answers gRPC.
     #[arg(
         long,
@@ -46,11 +48,12 @@ pub struct PostsConfig {
     #[arg(long, env = "POSTS_TLS_KEY_FILE")]
     pub posts_tls_key_file: Option<std::path::PathBuf>,
     /// How often the auth-service's public keys are refetched, in seconds.
-    #[arg(long, env = "JWKS_REFRESH_SECS", default_value_t = 300)]
-    pub jwks_refresh_secs: u64,
-    /// Longest wait for a database connection before answering UNAVAILABLE.
-    #[arg(long, env = "POSTS_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
-    pub posts_db_acquire_timeout_secs: u64,
+    #[arg(long = "jwks-refresh-secs", env = "JWKS_REFRESH_SECS", default_value = "300", value_parser = positive_seconds)]
+    pub jwks_refresh: Duration,
+    /// Longest wait for a database connection before answering
+    /// UNAVAILABLE, in seconds.
+    #[arg(long = "posts-db-acquire-timeout-secs", env = "POSTS_DB_ACQUIRE_TIMEOUT_SECS", default_value = "5", value_parser = positive_seconds)]
+    pub posts_db_acquire_timeout: Duration,
     /// Post writes (create, update, delete) one user may make per hour once
     /// the burst is spent.
     #[arg(long, env = "POST_WRITES_PER_HOUR", default_value_t = 360)]
@@ -106,23 +109,50 @@ impl PostsConfig {
             Some(ca) => tls.ca_certificate(Certificate::from_pem(std::fs::read(ca)?)),
             None => tls.with_native_roots(),
         };
-        if let (Some(cert), Some(key)) = (&self.posts_client_cert_file, &self.posts_client_key_file)
-        {
-            tls = tls.identity(Identity::from_pem(
-                std::fs::read(cert)?,
-                std::fs::read(key)?,
-            ));
+        if let Some((cert, key)) = shared::config::pem_pair(
+            self.posts_client_cert_file.as_deref(),
+            self.posts_client_key_file.as_deref(),
+        )? {
+            tls = tls.identity(Identity::from_pem(cert, key));
         }
         Ok(Some(tls))
     }
+}
 
-    /// How often keys are refetched.
-    pub fn jwks_refresh(&self) -> Duration {
-        Duration::from_secs(self.jwks_refresh_secs)
+impl Config {
+    /// Every default, listening on 127.0.0.1 ports chosen by the system,
+    /// with local state under `data_dir`: how tests start a service.
+    pub fn for_tests(data_dir: std::path::PathBuf) -> Self {
+        let mut config: Self = shared::config::defaults();
+        let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        config.posts.posts_listen_addr = any_port;
+        config.posts.posts_http_addr = any_port;
+        config.posts.posts_database_url =
+            format!("sqlite://{}/posts.db", data_dir.display()).into();
+        config.common.data_dir = data_dir;
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_certificate_without_its_key_is_refused_as_on_the_server() {
+        let mut config = Config::for_tests(std::env::temp_dir());
+        config.posts.auth_service_url = "https://auth:50051".into();
+        config.posts.posts_client_cert_file = Some("client.pem".into());
+        assert!(config.posts.auth_client_tls().is_err());
+        config.posts.posts_client_cert_file = None;
+        config.posts.posts_tls_key_file = Some("server.key".into());
+        assert!(config.posts.tls().load().is_err());
     }
 
-    /// Longest wait for a database connection.
-    pub fn db_acquire_timeout(&self) -> Duration {
-        Duration::from_secs(self.posts_db_acquire_timeout_secs)
+    #[test]
+    fn defaults_come_from_the_settings_themselves() {
+        let config: Config = shared::config::defaults();
+        assert_eq!(config.posts.jwks_refresh, Duration::from_secs(300));
+        assert_eq!(config.posts.post_write_burst, 30);
     }
 }

@@ -28,6 +28,7 @@ pub mod store;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -70,7 +71,7 @@ pub struct Application {
     /// The link to the auth-service (connected lazily, reconnected as needed).
     auth: Channel,
     /// The secret for the event stream.
-    internal_token: String,
+    internal_token: SecretString,
     /// How the event stream is doing.
     replica: Arc<ReplicaStatus>,
     /// Settings.
@@ -82,15 +83,15 @@ impl Application {
     /// and binds the listen address. Does not need the auth-service.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = store::connect(
-            &config.posts.posts_database_url,
-            config.posts.db_acquire_timeout(),
+            config.posts.posts_database_url.expose_secret(),
+            config.posts.posts_db_acquire_timeout,
         )
         .await
         .context("opening the posts database")?;
         let verifier = Arc::new(Verifier::new(
             &config.common.token_issuer,
             &config.common.token_audience,
-            config.common.token_leeway(),
+            config.common.token_leeway,
         ));
         keys::load_cached(store.as_ref(), &verifier).await;
 
@@ -184,7 +185,7 @@ impl Application {
                 verifier.clone(),
                 store.clone(),
                 unknown_kid.clone(),
-                config.posts.jwks_refresh(),
+                config.posts.jwks_refresh,
                 background.clone(),
             )),
             tokio::spawn(
@@ -259,7 +260,7 @@ impl Application {
         tracing::info!(%addr, reflection = config.common.reflection, "posts-service listening");
         router
             .serve_with_incoming_shutdown(
-                shared::conn::incoming(listener, config.common.connection_idle_timeout()),
+                shared::conn::incoming(listener, config.common.connection_idle_timeout),
                 shutdown,
             )
             .await?;
@@ -277,7 +278,7 @@ impl Application {
 /// How long a revocation must be remembered: the longest a token issued
 /// before it can live, plus the clock skew tolerated. Microseconds.
 fn revocation_window(config: &Config) -> i64 {
-    (config.common.access_token_ttl() + config.common.token_leeway()).as_micros() as i64
+    (config.common.access_token_ttl + config.common.token_leeway).as_micros() as i64
 }
 
 /// `SERVING` only while the database answers and keys are loaded: without

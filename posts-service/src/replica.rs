@@ -43,7 +43,7 @@ pub struct Replica {
     /// Client of the auth-service's event stream.
     pub client: UserEventServiceClient<Channel>,
     /// The shared internal token.
-    pub internal_token: String,
+    pub internal_token: secrecy::SecretString,
     /// Where effects and the cursor are written.
     pub store: Arc<dyn Store>,
     /// The in-memory revocations the interceptor reads.
@@ -85,9 +85,10 @@ impl Replica {
         let mut request = Request::new(WatchUserEventsRequest {
             after_sequence: cursor,
         });
-        request
-            .metadata_mut()
-            .insert("x-internal-token", self.internal_token.parse()?);
+        request.metadata_mut().insert(
+            "x-internal-token",
+            secrecy::ExposeSecret::expose_secret(&self.internal_token).parse()?,
+        );
         let mut stream = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             opened = self.client.watch_user_events(request) => opened?.into_inner(),

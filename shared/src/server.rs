@@ -45,20 +45,20 @@ pub fn builder(
     }
     Ok(server
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .http2_keepalive_interval(Some(config.keepalive_interval()))
+        .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .http2_max_pending_accept_reset_streams(Some(64))
         .http2_max_local_error_reset_streams(Some(256))
         .http2_max_header_list_size(MAX_HEADER_BYTES)
         // No grace period: with one, tonic 0.14 skips the graceful GOAWAY and
         // only cuts the connection when the grace runs out.
-        .max_connection_age(Duration::from_secs(config.max_connection_age_secs))
+        .max_connection_age(config.max_connection_age)
         .tcp_nodelay(true)
-        .timeout(config.request_timeout())
+        .timeout(config.request_timeout)
         .layer(ObserveLayer::new(metrics))
         .layer(AdmissionLayer::new(Limits::new(
             config.max_concurrent_calls,
-            config.request_message_timeout(),
+            config.request_message_timeout,
         ))))
 }
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use secrecy::ExposeSecret;
 use tonic::{Request, Response, Status};
 
 use proto::auth::{WatchUserEventsRequest, user_event_service_server::UserEventService};
@@ -44,7 +45,7 @@ impl UserEventService for UserEventsApi {
             .get(INTERNAL_TOKEN_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        if !constant_time_eq(presented, &self.state.internal_token) {
+        if !constant_time_eq(presented, self.state.internal_token.expose_secret()) {
             return Err(Error::BadInternalToken.into());
         }
         let after = request.into_inner().after_sequence;

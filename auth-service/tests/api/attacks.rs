@@ -301,7 +301,7 @@ async fn a_24_megapixel_photo_is_still_accepted() {
 #[tokio::test]
 async fn calls_that_never_send_their_message_cannot_lock_others_out() {
     let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
-        config.common.request_message_timeout_secs = 1;
+        config.common.request_message_timeout = std::time::Duration::from_secs(1);
     })
     .await;
     // 1040 calls that send their headers and then nothing, over eight
@@ -582,7 +582,7 @@ async fn changing_the_email_takes_the_password_and_voids_mailed_links() {
     let sink = SmtpSink::start().await;
     let url = sink.url.clone();
     let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
-        config.auth.mail.smtp_url = Some(url);
+        config.auth.mail.smtp_url = Some(url.into());
     })
     .await;
     let (user, _, tokens) = app.signed_up().await;
@@ -683,7 +683,7 @@ async fn reset_mail_spam_sends_a_few_and_keeps_the_first_link_working() {
     let sink = SmtpSink::start().await;
     let url = sink.url.clone();
     let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
-        config.auth.mail.smtp_url = Some(url);
+        config.auth.mail.smtp_url = Some(url.into());
     })
     .await;
     let (user, _, _) = app.signed_up().await;

@@ -5,14 +5,12 @@ use std::{sync::Arc, time::Duration};
 
 use auth_service::{
     AppState, Application, Config,
-    config::{AuthConfig, AvatarConfig, LimitConfig, MailConfig},
     store::{self, Store},
 };
 use proto::auth::{
     CreateUserRequest, LoginRequest, TokenResponse, User, auth_service_client::AuthServiceClient,
     user_event_service_client::UserEventServiceClient, user_service_client::UserServiceClient,
 };
-use shared::config::{CommonConfig, LogFormat};
 use testkit::TestDatabase;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Status, transport::Channel};
@@ -66,54 +64,12 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
     testkit::init_logs();
 
     let data_dir = tempfile::tempdir().expect("temporary directory").keep();
-    let mut config = Config {
-        auth: AuthConfig {
-            auth_listen_addr: "127.0.0.1:0".parse().unwrap(),
-            auth_http_addr: "127.0.0.1:0".parse().unwrap(),
-            auth_database_url: db.url.clone(),
-            // Empty: derived from the bound HTTP address, so avatar URLs
-            // point at this very instance.
-            auth_public_url: String::new(),
-            signing_key_file: None,
-            auth_tls_cert_file: None,
-            auth_tls_key_file: None,
-            auth_tls_client_ca_file: None,
-            session_ttl_secs: 30 * 24 * 3600,
-            auth_db_acquire_timeout_secs: 5,
-            mail: MailConfig {
-                smtp_url: None,
-                mail_from: "Blog <no-reply@blog.test>".into(),
-                frontend_url: "http://frontend.test".into(),
-                password_reset_ttl_secs: 3600,
-            },
-            avatars: AvatarConfig {
-                avatar_s3_bucket: None,
-                avatar_s3_region: "us-east-1".into(),
-                avatar_s3_endpoint: None,
-                avatar_s3_access_key_id: None,
-                avatar_s3_secret_access_key: None,
-                avatar_s3_public_url: None,
-            },
-            limits: LimitConfig::default(),
-        },
-        common: CommonConfig {
-            token_issuer: "blog-auth".into(),
-            token_audience: "blog".into(),
-            token_leeway_secs: 5,
-            access_token_ttl_secs: 900,
-            internal_token: Some(INTERNAL_TOKEN.into()),
-            internal_token_file: None,
-            data_dir: data_dir.clone(),
-            reflection: true,
-            request_timeout_secs: 30,
-            request_message_timeout_secs: 10,
-            max_concurrent_calls: 1024,
-            max_connection_age_secs: 1800,
-            connection_idle_timeout_secs: 75,
-            keepalive_interval_secs: 30,
-            log_format: LogFormat::Human,
-        },
-    };
+    let mut config = Config::for_tests(data_dir.clone());
+    config.auth.auth_database_url = db.url.clone().into();
+    config.auth.mail.mail_from = "Blog <no-reply@blog.test>".into();
+    config.auth.mail.frontend_url = "http://frontend.test".into();
+    config.common.internal_token = Some(INTERNAL_TOKEN.into());
+    config.common.token_leeway = Duration::from_secs(5);
     adjust(&mut config);
     let app = Application::build(config)
         .await

@@ -146,7 +146,7 @@ async fn frames_after(
 #[tokio::test]
 async fn a_connection_that_never_speaks_is_closed_in_bounded_time() {
     let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
-        config.common.connection_idle_timeout_secs = 1;
+        config.common.connection_idle_timeout = std::time::Duration::from_secs(1);
     })
     .await;
     let (_, closed) =
@@ -161,7 +161,7 @@ async fn a_connection_that_never_speaks_is_closed_in_bounded_time() {
 #[tokio::test]
 async fn connections_are_recycled_after_their_maximum_age() {
     let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
-        config.common.max_connection_age_secs = 1;
+        config.common.max_connection_age = std::time::Duration::from_secs(1);
     })
     .await;
     let (frames, closed) =
@@ -250,7 +250,7 @@ async fn a_rapid_reset_flood_gets_the_connection_closed() {
 #[tokio::test]
 async fn a_peer_that_stops_answering_keepalive_pings_is_disconnected() {
     let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
-        config.common.keepalive_interval_secs = 1;
+        config.common.keepalive_interval = std::time::Duration::from_secs(1);
     })
     .await;
     let (frames, closed) = frames_after(

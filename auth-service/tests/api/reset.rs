@@ -22,7 +22,7 @@ async fn app_with_mail() -> (TestApp, SmtpSink) {
     let sink = SmtpSink::start().await;
     let url = sink.url.clone();
     let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
-        config.auth.mail.smtp_url = Some(url);
+        config.auth.mail.smtp_url = Some(url.into());
     })
     .await;
     (app, sink)
@@ -116,8 +116,8 @@ async fn an_expired_token_is_refused() {
     let sink = SmtpSink::start().await;
     let url = sink.url.clone();
     let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
-        config.auth.mail.smtp_url = Some(url);
-        config.auth.mail.password_reset_ttl_secs = 1;
+        config.auth.mail.smtp_url = Some(url.into());
+        config.auth.mail.password_reset_ttl = std::time::Duration::from_secs(1);
     })
     .await;
     let (user, _, _) = app.signed_up().await;

@@ -10,7 +10,7 @@ use proto::{
     },
     posts::{CreatePostRequest, Post, post_service_client::PostServiceClient},
 };
-use shared::config::{CommonConfig, LogFormat};
+use shared::config::CommonConfig;
 use testkit::{TestDatabase, smtp::SmtpSink};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Status, transport::Channel};
@@ -96,23 +96,13 @@ pub struct Stack {
     pub mail: SmtpSink,
 }
 
+/// The settings both services of one stack share.
 pub fn common_config() -> CommonConfig {
     CommonConfig {
-        token_issuer: "blog-auth".into(),
-        token_audience: "blog".into(),
-        token_leeway_secs: 5,
-        access_token_ttl_secs: 900,
-        internal_token: Some(format!("internal-{}", testkit::unique_id())),
-        internal_token_file: None,
+        token_leeway: Duration::from_secs(5),
+        internal_token: Some(format!("internal-{}", testkit::unique_id()).into()),
         data_dir: std::env::temp_dir().join(format!("blog-e2e-{}", testkit::unique_id())),
-        reflection: true,
-        request_timeout_secs: 30,
-        request_message_timeout_secs: 10,
-        max_concurrent_calls: 1024,
-        max_connection_age_secs: 1800,
-        connection_idle_timeout_secs: 75,
-        keepalive_interval_secs: 30,
-        log_format: LogFormat::Human,
+        ..CommonConfig::defaults()
     }
 }
 
@@ -187,25 +177,13 @@ pub fn posts_config(
     auth_url: String,
     common: &CommonConfig,
 ) -> posts_service::Config {
-    posts_service::Config {
-        posts: posts_service::config::PostsConfig {
-            posts_listen_addr: "127.0.0.1:0".parse().unwrap(),
-            posts_http_addr: "127.0.0.1:0".parse().unwrap(),
-            posts_database_url: db.url.clone(),
-            auth_service_url: auth_url,
-            jwks_refresh_secs: 300,
-            auth_service_ca_file: None,
-            posts_client_cert_file: None,
-            posts_client_key_file: None,
-            posts_tls_cert_file: None,
-            posts_tls_key_file: None,
-            posts_db_acquire_timeout_secs: 5,
-            // Generous: tests of the limits set their own.
-            post_writes_per_hour: 360,
-            post_write_burst: 1_000,
-        },
-        common: common.clone(),
-    }
+    let mut config = posts_service::Config::for_tests(common.data_dir.clone());
+    config.posts.posts_database_url = db.url.clone().into();
+    config.posts.auth_service_url = auth_url;
+    // Generous: tests of the limits set their own.
+    config.posts.post_write_burst = 1_000;
+    config.common = common.clone();
+    config
 }
 
 async fn start_posts(db: &TestDatabase, auth_addr: SocketAddr, common: &CommonConfig) -> Running {
@@ -238,40 +216,15 @@ pub fn auth_config(
     mail: &SmtpSink,
     common: &CommonConfig,
 ) -> auth_service::Config {
-    auth_service::Config {
-        auth: auth_service::config::AuthConfig {
-            auth_listen_addr: "127.0.0.1:0".parse().unwrap(),
-            auth_http_addr: "127.0.0.1:0".parse().unwrap(),
-            auth_database_url: db.url.clone(),
-            auth_public_url: String::new(),
-            signing_key_file: None,
-            auth_tls_cert_file: None,
-            auth_tls_key_file: None,
-            auth_tls_client_ca_file: None,
-            session_ttl_secs: 30 * 24 * 3600,
-            auth_db_acquire_timeout_secs: 5,
-            mail: auth_service::config::MailConfig {
-                smtp_url: Some(mail.url.clone()),
-                mail_from: "Blog <no-reply@blog.test>".into(),
-                frontend_url: "http://frontend.test".into(),
-                password_reset_ttl_secs: 3600,
-            },
-            avatars: auth_service::config::AvatarConfig {
-                avatar_s3_bucket: None,
-                avatar_s3_region: "us-east-1".into(),
-                avatar_s3_endpoint: None,
-                avatar_s3_access_key_id: None,
-                avatar_s3_secret_access_key: None,
-                avatar_s3_public_url: None,
-            },
-            // Generous: tests of the limits set their own.
-            limits: auth_service::config::LimitConfig {
-                registration_burst: 1_000,
-                ..Default::default()
-            },
-        },
-        common: common.clone(),
-    }
+    let mut config = auth_service::Config::for_tests(common.data_dir.clone());
+    config.auth.auth_database_url = db.url.clone().into();
+    config.auth.mail.smtp_url = Some(mail.url.clone().into());
+    config.auth.mail.mail_from = "Blog <no-reply@blog.test>".into();
+    config.auth.mail.frontend_url = "http://frontend.test".into();
+    // Generous: tests of the limits set their own.
+    config.auth.limits.registration_burst = 1_000;
+    config.common = common.clone();
+    config
 }
 
 /// Starts an auth-service with `config`; returns it and its state.
