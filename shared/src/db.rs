@@ -10,6 +10,44 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+/// What differs between the two databases, for SQL written once over both.
+/// Everything else (`$n` parameters, `RETURNING`, `ON CONFLICT`, row-value
+/// comparison) the two agree on.
+pub trait Backend: sqlx::Database {
+    /// The statement that opens a write transaction. SQLite's `IMMEDIATE`
+    /// takes the write lock up front, so writers queue in order instead of
+    /// failing on a lock upgrade.
+    const BEGIN_WRITE: &'static str;
+    /// A statement that serialises writers of an ordered log (an outbox)
+    /// from the first write to the commit, if the database needs one: on
+    /// PostgreSQL an identity value is handed out at insert but becomes
+    /// visible at commit, so without it a reader could see 8 before 7. SQLite
+    /// runs one writer at a time anyway.
+    const LOCK_LOG: Option<&'static str>;
+
+    /// How many rows a statement changed.
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+}
+
+impl Backend for sqlx::Postgres {
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    // The key spells "blog" and 1.
+    const LOCK_LOG: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(108217865011201)");
+
+    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+impl Backend for sqlx::Sqlite {
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const LOCK_LOG: Option<&'static str> = None;
+
+    fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
 /// Opens a PostgreSQL pool whose acquire waits at most `acquire_timeout`, so
 /// a database that is down answers UNAVAILABLE quickly rather than hanging.
 pub async fn open_postgres(url: &str, acquire_timeout: Duration) -> Result<PgPool, sqlx::Error> {

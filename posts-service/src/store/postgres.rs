@@ -1,16 +1,14 @@
-//! The PostgreSQL backend: the shared SQL of [`super::sql`].
+//! The PostgreSQL backend: the shared SQL of [`super::sql`] over one pool.
 
 use std::time::Duration;
 
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::Postgres;
 
+use super::sql::SqlStore;
 use crate::error::Result;
 
 /// The posts-service's data in PostgreSQL.
-pub struct PgStore {
-    /// The connection pool.
-    pool: PgPool,
-}
+pub type PgStore = SqlStore<Postgres>;
 
 impl PgStore {
     /// Connects and applies the migrations.
@@ -20,16 +18,6 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the posts database: {e}"))?;
-        Ok(Self { pool })
-    }
-
-    fn writer(&self) -> &PgPool {
-        &self.pool
-    }
-
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {
-        Ok(self.pool.begin().await?)
+        Ok(Self::new(pool.clone(), pool))
     }
 }
-
-super::sql::sql_store!(PgStore, Postgres);
