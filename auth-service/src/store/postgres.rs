@@ -1,23 +1,16 @@
-//! The PostgreSQL backend: the shared SQL of [`super::sql`], plus a lock that
-//! makes outbox sequence numbers commit in order.
+//! The PostgreSQL backend: the shared SQL of [`super::sql`] over one pool;
+//! outbox writers take an advisory lock from their insert to their commit,
+//! so sequence order is commit order.
 
 use std::time::Duration;
 
-use sqlx::{PgPool, Postgres, Transaction};
-use tokio::sync::watch;
+use sqlx::Postgres;
 
+use super::sql::SqlStore;
 use crate::error::Result;
 
 /// The auth-service's data in PostgreSQL.
-pub struct PgStore {
-    /// The connection pool.
-    pool: PgPool,
-    /// Wakes event streams after this process commits an event.
-    commits: watch::Sender<i64>,
-}
-
-/// Key of the advisory lock that orders outbox writers.
-const OUTBOX_LOCK: i64 = 0x626c_6f67_0001;
+pub type PgStore = SqlStore<Postgres>;
 
 impl PgStore {
     /// Connects and applies the migrations.
@@ -27,33 +20,6 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the auth database: {e}"))?;
-        let store = Self {
-            pool,
-            commits: watch::Sender::new(0),
-        };
-        super::Store::backfill_username_skeletons(&store).await?;
-        Ok(store)
-    }
-
-    fn writer_pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {
-        Ok(self.pool.begin().await?)
-    }
-
-    /// Identity values are handed out at insert but become visible at commit,
-    /// so without this a reader could see event 8 before event 7 commits and
-    /// skip 7 for ever. Holding this lock from the insert to the commit makes
-    /// sequence order commit order.
-    async fn lock_outbox(tx: &mut Transaction<'static, Postgres>) -> Result<()> {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(OUTBOX_LOCK)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
+        Self::open(pool.clone(), pool).await
     }
 }
-
-super::sql::sql_store!(PgStore, Postgres);

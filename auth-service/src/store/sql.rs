@@ -1,115 +1,206 @@
-//! The [`Store`](super::Store) implementation both backends share. PostgreSQL
-//! and SQLite agree on every statement here (`$n` parameters, `RETURNING`,
-//! `ON CONFLICT`), so the SQL is written once; each backend supplies how a
-//! write transaction begins and how outbox writers are ordered.
+//! The [`Store`](super::Store) both backends share: PostgreSQL and SQLite
+//! agree on every statement here (`$n` parameters, `RETURNING`, `ON
+//! CONFLICT`), so the SQL is written once, over any [`Backend`]. What
+//! differs comes from the backend: how a write transaction begins, how
+//! outbox writers are ordered, and (in [`super::postgres`] and
+//! [`super::sqlite`]) which pools there are.
 
-/// A user row's columns, in [`UserRecord`](super::UserRecord) order.
-macro_rules! user_columns {
-    () => {
-        "id, username, email, password_hash, avatar_key, create_time"
-    };
+use async_trait::async_trait;
+use shared::db::Backend;
+use sqlx::{ColumnIndex, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
+use tokio::sync::watch;
+
+use super::{
+    EventRecord, KeyRecord, NewSession, NewUser, Rotation, Sessions, Store, UpdatedUser,
+    UserRecord, now_micros,
+};
+use crate::{
+    domain::{Email, LoginName, Username, skeleton},
+    error::{Error, Result},
+    events::UserChange,
+};
+
+/// The auth-service's data in a database: `read` for reads, `write` for
+/// writes (on SQLite one dedicated connection, on PostgreSQL the same pool),
+/// and the signal that wakes event streams when this process commits one.
+pub struct SqlStore<DB: Backend> {
+    /// Connections for reads.
+    read: Pool<DB>,
+    /// Connections for writes.
+    write: Pool<DB>,
+    /// Wakes event streams after this process commits an event.
+    commits: watch::Sender<i64>,
 }
-pub(super) use user_columns;
 
-/// Implements [`Store`](super::Store) for `$store`, a struct with a `pool:
-/// Pool<$db>` and a `commits: watch::Sender<i64>` field and the inherent
-/// functions `begin_write` and `lock_outbox`.
-macro_rules! sql_store {
-    ($store:ident, $db:ty) => {
-        impl $store {
-            /// Appends `change` to the outbox inside `tx`; returns its sequence.
-            async fn record(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                change: &$crate::events::UserChange,
-            ) -> $crate::error::Result<i64> {
-                Self::lock_outbox(tx).await?;
-                let sequence = sqlx::query_scalar(
-                    "INSERT INTO user_events (time, payload) VALUES ($1, $2) RETURNING sequence",
-                )
-                .bind($crate::store::now_micros())
-                .bind(change.to_json())
-                .fetch_one(&mut **tx)
-                .await?;
-                Ok(sequence)
-            }
+impl<DB: Backend> SqlStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    i64: Type<DB> + for<'e> Encode<'e, DB>,
+    String: Type<DB> + for<'e> Encode<'e, DB>,
+    for<'a> &'a str: Type<DB> + Encode<'a, DB>,
+    for<'a> Option<&'a str>: Type<DB> + Encode<'a, DB>,
+    Option<String>: Type<DB> + for<'e> Encode<'e, DB>,
+    for<'a> &'a [u8]: Type<DB> + Encode<'a, DB>,
+    for<'a> &'a Vec<u8>: Type<DB> + Encode<'a, DB>,
+    UserRecord: for<'r> FromRow<'r, DB::Row>,
+    KeyRecord: for<'r> FromRow<'r, DB::Row>,
+    (i64,): for<'r> FromRow<'r, DB::Row>,
+    (String,): for<'r> FromRow<'r, DB::Row>,
+    (Option<String>,): for<'r> FromRow<'r, DB::Row>,
+    (bool, bool): for<'r> FromRow<'r, DB::Row>,
+    (i64, i64): for<'r> FromRow<'r, DB::Row>,
+    (i64, String): for<'r> FromRow<'r, DB::Row>,
+    (i64, i64, String): for<'r> FromRow<'r, DB::Row>,
+    (String, i64, String, i64): for<'r> FromRow<'r, DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+{
+    /// A store over these pools, with every username given its skeleton.
+    pub(super) async fn open(read: Pool<DB>, write: Pool<DB>) -> Result<Self> {
+        let store = Self {
+            read,
+            write,
+            commits: watch::Sender::new(0),
+        };
+        Store::backfill_username_skeletons(&store).await?;
+        Ok(store)
+    }
 
-            /// Commits, then wakes event streams if the transaction wrote an event.
-            async fn commit(
-                &self,
-                tx: sqlx::Transaction<'static, $db>,
-                sequence: Option<i64>,
-            ) -> $crate::error::Result<()> {
-                tx.commit().await?;
-                if let Some(sequence) = sequence {
-                    self.commits.send_replace(sequence);
-                }
-                Ok(())
-            }
+    async fn begin_write(&self) -> Result<Transaction<'static, DB>> {
+        Ok(self.write.begin_with(DB::BEGIN_WRITE).await?)
+    }
+}
 
-            /// Deletes sessions of `user_id` inside `tx` and records the
-            /// revocation; returns the ended ids and the event's sequence.
-            async fn end_sessions_in(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                user_id: i64,
-                which: $crate::store::Sessions<'_>,
-            ) -> $crate::error::Result<(Vec<String>, Option<i64>)> {
-                use $crate::store::Sessions;
-                let ended: Vec<String> = match which {
-                    Sessions::Only(id) => {
-                        sqlx::query_scalar("DELETE FROM sessions WHERE user_id = $1 AND id = $2 RETURNING id")
-                            .bind(user_id)
-                            .bind(id)
-                            .fetch_all(&mut **tx)
-                            .await?
-                    }
-                    Sessions::AllBut(id) => {
-                        sqlx::query_scalar("DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id")
-                            .bind(user_id)
-                            .bind(id)
-                            .fetch_all(&mut **tx)
-                            .await?
-                    }
-                    Sessions::All => {
-                        sqlx::query_scalar("DELETE FROM sessions WHERE user_id = $1 RETURNING id")
-                            .bind(user_id)
-                            .fetch_all(&mut **tx)
-                            .await?
-                    }
-                };
-                if ended.is_empty() {
-                    return Ok((ended, None));
-                }
-                let change = $crate::events::UserChange::SessionsRevoked {
-                    user_id,
-                    session_ids: ended.clone(),
-                };
-                let sequence = Self::record(tx, &change).await?;
-                Ok((ended, Some(sequence)))
-            }
+impl<DB: Backend> SqlStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    i64: Type<DB> + for<'e> Encode<'e, DB>,
+    String: Type<DB> + for<'e> Encode<'e, DB>,
+    for<'a> &'a str: Type<DB> + Encode<'a, DB>,
+    for<'a> Option<&'a str>: Type<DB> + Encode<'a, DB>,
+    Option<String>: Type<DB> + for<'e> Encode<'e, DB>,
+    for<'a> &'a [u8]: Type<DB> + Encode<'a, DB>,
+    for<'a> &'a Vec<u8>: Type<DB> + Encode<'a, DB>,
+    UserRecord: for<'r> FromRow<'r, DB::Row>,
+    KeyRecord: for<'r> FromRow<'r, DB::Row>,
+    (i64,): for<'r> FromRow<'r, DB::Row>,
+    (String,): for<'r> FromRow<'r, DB::Row>,
+    (Option<String>,): for<'r> FromRow<'r, DB::Row>,
+    (bool, bool): for<'r> FromRow<'r, DB::Row>,
+    (i64, i64): for<'r> FromRow<'r, DB::Row>,
+    (i64, String): for<'r> FromRow<'r, DB::Row>,
+    (i64, i64, String): for<'r> FromRow<'r, DB::Row>,
+    (String, i64, String, i64): for<'r> FromRow<'r, DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+{
+    /// Appends `change` to the outbox inside `tx`; returns its sequence.
+    async fn record(tx: &mut Transaction<'static, DB>, change: &UserChange) -> Result<i64> {
+        if let Some(lock) = DB::LOCK_LOG {
+            sqlx::query(lock).execute(&mut **tx).await?;
         }
+        let sequence = sqlx::query_scalar(
+            "INSERT INTO user_events (time, payload) VALUES ($1, $2) RETURNING sequence",
+        )
+        .bind(now_micros())
+        .bind(change.to_json())
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(sequence)
+    }
 
-        #[async_trait::async_trait]
-        impl $crate::store::Store for $store {
-            async fn ping(&self) -> $crate::error::Result<()> {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
-                Ok(())
+    /// Commits, then wakes event streams if the transaction wrote an event.
+    async fn commit(&self, tx: Transaction<'static, DB>, sequence: Option<i64>) -> Result<()> {
+        tx.commit().await?;
+        if let Some(sequence) = sequence {
+            self.commits.send_replace(sequence);
+        }
+        Ok(())
+    }
+
+    /// Deletes sessions of `user_id` inside `tx` and records the
+    /// revocation; returns the ended ids and the event's sequence.
+    async fn end_sessions_in(
+        tx: &mut Transaction<'static, DB>,
+        user_id: i64,
+        which: Sessions<'_>,
+    ) -> Result<(Vec<String>, Option<i64>)> {
+        let ended: Vec<String> = match which {
+            Sessions::Only(id) => {
+                sqlx::query_scalar(
+                    "DELETE FROM sessions WHERE user_id = $1 AND id = $2 RETURNING id",
+                )
+                .bind(user_id)
+                .bind(id)
+                .fetch_all(&mut **tx)
+                .await?
             }
-
-            fn pool_status(&self) -> shared::db::PoolStatus {
-                shared::db::PoolStatus::of(&self.pool)
+            Sessions::AllBut(id) => {
+                sqlx::query_scalar(
+                    "DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id",
+                )
+                .bind(user_id)
+                .bind(id)
+                .fetch_all(&mut **tx)
+                .await?
             }
+            Sessions::All => {
+                sqlx::query_scalar("DELETE FROM sessions WHERE user_id = $1 RETURNING id")
+                    .bind(user_id)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+        };
+        if ended.is_empty() {
+            return Ok((ended, None));
+        }
+        let change = UserChange::SessionsRevoked {
+            user_id,
+            session_ids: ended.clone(),
+        };
+        let sequence = Self::record(tx, &change).await?;
+        Ok((ended, Some(sequence)))
+    }
+}
 
-            async fn create_user(
-                &self,
-                user: $crate::store::NewUser<'_>,
-            ) -> $crate::error::Result<$crate::store::UserRecord> {
-                let mut tx = self.begin_write().await?;
-                let now = $crate::store::now_micros();
-                let created: $crate::store::UserRecord = sqlx::query_as(concat!(
-                    "INSERT INTO users (username, username_key, username_skeleton, email, password_hash, create_time, update_time) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING ",
-                    $crate::store::sql::user_columns!()
-                ))
+#[async_trait]
+impl<DB: Backend> Store for SqlStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    i64: Type<DB> + for<'e> Encode<'e, DB>,
+    String: Type<DB> + for<'e> Encode<'e, DB>,
+    for<'a> &'a str: Type<DB> + Encode<'a, DB>,
+    for<'a> Option<&'a str>: Type<DB> + Encode<'a, DB>,
+    Option<String>: Type<DB> + for<'e> Encode<'e, DB>,
+    for<'a> &'a [u8]: Type<DB> + Encode<'a, DB>,
+    for<'a> &'a Vec<u8>: Type<DB> + Encode<'a, DB>,
+    UserRecord: for<'r> FromRow<'r, DB::Row>,
+    KeyRecord: for<'r> FromRow<'r, DB::Row>,
+    (i64,): for<'r> FromRow<'r, DB::Row>,
+    (String,): for<'r> FromRow<'r, DB::Row>,
+    (Option<String>,): for<'r> FromRow<'r, DB::Row>,
+    (bool, bool): for<'r> FromRow<'r, DB::Row>,
+    (i64, i64): for<'r> FromRow<'r, DB::Row>,
+    (i64, String): for<'r> FromRow<'r, DB::Row>,
+    (i64, i64, String): for<'r> FromRow<'r, DB::Row>,
+    (String, i64, String, i64): for<'r> FromRow<'r, DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+{
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    fn pool_status(&self) -> shared::db::PoolStatus {
+        shared::db::PoolStatus::of(&self.read)
+    }
+
+    async fn create_user(&self, user: NewUser<'_>) -> Result<UserRecord> {
+        let mut tx = self.begin_write().await?;
+        let now = now_micros();
+        let created: UserRecord = sqlx::query_as("INSERT INTO users (username, username_key, username_skeleton, email, password_hash, create_time, update_time) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id, username, email, password_hash, avatar_key, create_time")
                 .bind(user.username.as_str())
                 .bind(user.username.key())
                 .bind(user.username.skeleton())
@@ -118,187 +209,166 @@ macro_rules! sql_store {
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await
-                .map_err($crate::store::sql::on_unique_violation)?;
-                let change = $crate::events::UserChange::UserUpserted {
-                    user_id: created.id,
-                    username: created.username.clone(),
-                    avatar_key: None,
-                };
-                let sequence = Self::record(&mut tx, &change).await?;
-                self.commit(tx, Some(sequence)).await?;
-                Ok(created)
-            }
+                .map_err(on_unique_violation)?;
+        let change = UserChange::UserUpserted {
+            user_id: created.id,
+            username: created.username.clone(),
+            avatar_key: None,
+        };
+        let sequence = Self::record(&mut tx, &change).await?;
+        self.commit(tx, Some(sequence)).await?;
+        Ok(created)
+    }
 
-            async fn user_by_id(&self, id: i64) -> $crate::error::Result<Option<$crate::store::UserRecord>> {
-                Ok(sqlx::query_as(concat!(
-                    "SELECT ",
-                    $crate::store::sql::user_columns!(),
-                    " FROM users WHERE id = $1"
-                ))
+    async fn user_by_id(&self, id: i64) -> Result<Option<UserRecord>> {
+        Ok(sqlx::query_as("SELECT id, username, email, password_hash, avatar_key, create_time FROM users WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?)
-            }
+    }
 
-            async fn user_by_login(&self, login: &$crate::domain::LoginName) -> $crate::error::Result<Option<$crate::store::UserRecord>> {
-                Ok(sqlx::query_as(concat!(
-                    "SELECT ",
-                    $crate::store::sql::user_columns!(),
-                    " FROM users WHERE username_key = $1 OR email = $1 LIMIT 1"
-                ))
+    async fn user_by_login(&self, login: &LoginName) -> Result<Option<UserRecord>> {
+        Ok(sqlx::query_as("SELECT id, username, email, password_hash, avatar_key, create_time FROM users WHERE username_key = $1 OR email = $1 LIMIT 1")
                 .bind(login.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?)
-            }
+    }
 
-            async fn user_by_email(&self, email: &$crate::domain::Email) -> $crate::error::Result<Option<$crate::store::UserRecord>> {
-                Ok(sqlx::query_as(concat!(
-                    "SELECT ",
-                    $crate::store::sql::user_columns!(),
-                    " FROM users WHERE email = $1"
-                ))
+    async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>> {
+        Ok(sqlx::query_as("SELECT id, username, email, password_hash, avatar_key, create_time FROM users WHERE email = $1")
                 .bind(email.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?)
-            }
+    }
 
-            async fn taken(
-                &self,
-                username: &$crate::domain::Username,
-                email: &$crate::domain::Email,
-            ) -> $crate::error::Result<Option<$crate::error::Error>> {
-                let (username_taken, email_taken): (bool, bool) = sqlx::query_as(
+    async fn taken(&self, username: &Username, email: &Email) -> Result<Option<Error>> {
+        let (username_taken, email_taken): (bool, bool) = sqlx::query_as(
                     "SELECT EXISTS (SELECT 1 FROM users WHERE username_skeleton = $1 OR username_key = $2), \
                             EXISTS (SELECT 1 FROM users WHERE email = $3)",
                 )
                 .bind(username.skeleton())
                 .bind(username.key())
                 .bind(email.as_str())
-                .fetch_one(&self.pool)
+                .fetch_one(&self.read)
                 .await?;
-                Ok(if username_taken {
-                    Some($crate::error::Error::UsernameTaken)
-                } else if email_taken {
-                    Some($crate::error::Error::EmailTaken)
-                } else {
-                    None
-                })
-            }
+        Ok(if username_taken {
+            Some(Error::UsernameTaken)
+        } else if email_taken {
+            Some(Error::EmailTaken)
+        } else {
+            None
+        })
+    }
 
-            async fn update_user(
-                &self,
-                id: i64,
-                username: Option<&$crate::domain::Username>,
-                email: Option<&$crate::domain::Email>,
-            ) -> $crate::error::Result<Option<$crate::store::UpdatedUser>> {
-                let mut tx = self.begin_write().await?;
-                let previous_email: Option<String> =
-                    sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let Some(previous_email) = previous_email else {
-                    return Ok(None);
-                };
-                let updated: $crate::store::UserRecord = sqlx::query_as(concat!(
-                    "UPDATE users SET username = COALESCE($2, username), \
+    async fn update_user(
+        &self,
+        id: i64,
+        username: Option<&Username>,
+        email: Option<&Email>,
+    ) -> Result<Option<UpdatedUser>> {
+        let mut tx = self.begin_write().await?;
+        let previous_email: Option<String> =
+            sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(previous_email) = previous_email else {
+            return Ok(None);
+        };
+        let updated: UserRecord = sqlx::query_as("UPDATE users SET username = COALESCE($2, username), \
                      username_key = COALESCE($3, username_key), \
                      username_skeleton = COALESCE($4, username_skeleton), email = COALESCE($5, email), \
-                     update_time = $6 WHERE id = $1 RETURNING ",
-                    $crate::store::sql::user_columns!()
-                ))
+                     update_time = $6 WHERE id = $1 RETURNING id, username, email, password_hash, avatar_key, create_time")
                 .bind(id)
                 .bind(username.map(|u| u.as_str()))
                 .bind(username.map(|u| u.key()))
                 .bind(username.map(|u| u.skeleton()))
                 .bind(email.map(|e| e.as_str()))
-                .bind($crate::store::now_micros())
+                .bind(now_micros())
                 .fetch_one(&mut *tx)
                 .await
-                .map_err($crate::store::sql::on_unique_violation)?;
-                // A reset link mailed to the old address must not outlive
-                // the change of address.
-                if updated.email != previous_email {
-                    sqlx::query("DELETE FROM password_resets WHERE user_id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                // Only the public profile is replicated; an email change is
-                // nobody else's business.
-                let mut sequence = None;
-                if username.is_some() {
-                    let change = $crate::events::UserChange::UserUpserted {
-                        user_id: updated.id,
-                        username: updated.username.clone(),
-                        avatar_key: updated.avatar_key.clone(),
-                    };
-                    sequence = Some(Self::record(&mut tx, &change).await?);
-                }
-                self.commit(tx, sequence).await?;
-                Ok(Some($crate::store::UpdatedUser {
-                    user: updated,
-                    previous_email,
-                }))
-            }
+                .map_err(on_unique_violation)?;
+        // A reset link mailed to the old address must not outlive
+        // the change of address.
+        if updated.email != previous_email {
+            sqlx::query("DELETE FROM password_resets WHERE user_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Only the public profile is replicated; an email change is
+        // nobody else's business.
+        let mut sequence = None;
+        if username.is_some() {
+            let change = UserChange::UserUpserted {
+                user_id: updated.id,
+                username: updated.username.clone(),
+                avatar_key: updated.avatar_key.clone(),
+            };
+            sequence = Some(Self::record(&mut tx, &change).await?);
+        }
+        self.commit(tx, sequence).await?;
+        Ok(Some(UpdatedUser {
+            user: updated,
+            previous_email,
+        }))
+    }
 
-            async fn delete_user(&self, id: i64) -> $crate::error::Result<Option<$crate::store::UserRecord>> {
-                let mut tx = self.begin_write().await?;
-                let deleted: Option<$crate::store::UserRecord> = sqlx::query_as(concat!(
-                    "DELETE FROM users WHERE id = $1 RETURNING ",
-                    $crate::store::sql::user_columns!()
-                ))
+    async fn delete_user(&self, id: i64) -> Result<Option<UserRecord>> {
+        let mut tx = self.begin_write().await?;
+        let deleted: Option<UserRecord> = sqlx::query_as("DELETE FROM users WHERE id = $1 RETURNING id, username, email, password_hash, avatar_key, create_time")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let Some(deleted) = deleted else {
-                    return Ok(None);
-                };
-                let change = $crate::events::UserChange::UserDeleted { user_id: id };
-                let sequence = Self::record(&mut tx, &change).await?;
-                self.commit(tx, Some(sequence)).await?;
-                Ok(Some(deleted))
-            }
+        let Some(deleted) = deleted else {
+            return Ok(None);
+        };
+        let change = UserChange::UserDeleted { user_id: id };
+        let sequence = Self::record(&mut tx, &change).await?;
+        self.commit(tx, Some(sequence)).await?;
+        Ok(Some(deleted))
+    }
 
-            async fn set_password(
-                &self,
-                user_id: i64,
-                hash: &str,
-                revoke: $crate::store::Sessions<'_>,
-            ) -> $crate::error::Result<Vec<String>> {
-                let mut tx = self.begin_write().await?;
-                let updated = sqlx::query("UPDATE users SET password_hash = $2, update_time = $3 WHERE id = $1")
-                    .bind(user_id)
-                    .bind(hash)
-                    .bind($crate::store::now_micros())
-                    .execute(&mut *tx)
-                    .await?;
-                if updated.rows_affected() == 0 {
-                    return Err($crate::error::Error::UserNotFound);
-                }
-                sqlx::query("DELETE FROM password_resets WHERE user_id = $1")
-                    .bind(user_id)
-                    .execute(&mut *tx)
-                    .await?;
-                let (ended, sequence) = Self::end_sessions_in(&mut tx, user_id, revoke).await?;
-                self.commit(tx, sequence).await?;
-                Ok(ended)
-            }
+    async fn set_password(
+        &self,
+        user_id: i64,
+        hash: &str,
+        revoke: Sessions<'_>,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.begin_write().await?;
+        let updated =
+            sqlx::query("UPDATE users SET password_hash = $2, update_time = $3 WHERE id = $1")
+                .bind(user_id)
+                .bind(hash)
+                .bind(now_micros())
+                .execute(&mut *tx)
+                .await?;
+        if DB::rows_affected(&updated) == 0 {
+            return Err(Error::UserNotFound);
+        }
+        sqlx::query("DELETE FROM password_resets WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let (ended, sequence) = Self::end_sessions_in(&mut tx, user_id, revoke).await?;
+        self.commit(tx, sequence).await?;
+        Ok(ended)
+    }
 
-            async fn add_reset_token(
-                &self,
-                user_id: i64,
-                token_hash: &[u8],
-                now: i64,
-                expire_time: i64,
-            ) -> $crate::error::Result<()> {
-                let mut tx = self.begin_write().await?;
-                sqlx::query("DELETE FROM password_resets WHERE user_id = $1 AND expire_time <= $2")
-                    .bind(user_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
+    async fn add_reset_token(
+        &self,
+        user_id: i64,
+        token_hash: &[u8],
+        now: i64,
+        expire_time: i64,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM password_resets WHERE user_id = $1 AND expire_time <= $2")
+            .bind(user_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
                     "INSERT INTO password_resets (token_hash, user_id, create_time, expire_time) VALUES ($1, $2, $3, $4)",
                 )
                 .bind(token_hash)
@@ -307,301 +377,295 @@ macro_rules! sql_store {
                 .bind(expire_time)
                 .execute(&mut *tx)
                 .await?;
-                self.commit(tx, None).await
-            }
+        self.commit(tx, None).await
+    }
 
-            async fn reset_token_is_live(&self, token_hash: &[u8], now: i64) -> $crate::error::Result<bool> {
-                let found: Option<i64> = sqlx::query_scalar(
-                    "SELECT user_id FROM password_resets WHERE token_hash = $1 AND expire_time > $2",
-                )
-                .bind(token_hash)
-                .bind(now)
-                .fetch_optional(&self.pool)
+    async fn reset_token_is_live(&self, token_hash: &[u8], now: i64) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT user_id FROM password_resets WHERE token_hash = $1 AND expire_time > $2",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn backfill_username_skeletons(&self) -> Result<usize> {
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, username FROM users WHERE username_skeleton IS NULL")
+                .fetch_all(&self.read)
                 .await?;
-                Ok(found.is_some())
-            }
-
-            async fn backfill_username_skeletons(&self) -> $crate::error::Result<usize> {
-                let rows: Vec<(i64, String)> =
-                    sqlx::query_as("SELECT id, username FROM users WHERE username_skeleton IS NULL")
-                        .fetch_all(&self.pool)
-                        .await?;
-                let mut filled = 0;
-                for (id, username) in rows {
-                    let result = sqlx::query(
+        let mut filled = 0;
+        for (id, username) in rows {
+            let result = sqlx::query(
                         "UPDATE users SET username_skeleton = $2 WHERE id = $1 AND username_skeleton IS NULL",
                     )
                     .bind(id)
-                    .bind($crate::domain::skeleton(&username))
-                    .execute(self.writer_pool())
+                    .bind(skeleton(&username))
+                    .execute(&self.write)
                     .await;
-                    match result {
-                        Ok(_) => filled += 1,
-                        Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
-                            tracing::warn!(user_id = id, "username looks like another one: left without a skeleton");
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+            match result {
+                Ok(_) => filled += 1,
+                Err(e)
+                    if e.as_database_error()
+                        .is_some_and(|d| d.is_unique_violation()) =>
+                {
+                    tracing::warn!(
+                        user_id = id,
+                        "username looks like another one: left without a skeleton"
+                    );
                 }
-                Ok(filled)
+                Err(e) => return Err(e.into()),
             }
+        }
+        Ok(filled)
+    }
 
-            async fn reset_password(
-                &self,
-                token_hash: &[u8],
-                now: i64,
-                new_hash: &str,
-            ) -> $crate::error::Result<Option<i64>> {
-                let mut tx = self.begin_write().await?;
-                // Taking the token out first makes it single-use even under
-                // concurrent attempts.
-                let claimed: Option<(i64, i64)> = sqlx::query_as(
-                    "DELETE FROM password_resets WHERE token_hash = $1 RETURNING user_id, expire_time",
-                )
-                .bind(token_hash)
+    async fn reset_password(
+        &self,
+        token_hash: &[u8],
+        now: i64,
+        new_hash: &str,
+    ) -> Result<Option<i64>> {
+        let mut tx = self.begin_write().await?;
+        // Taking the token out first makes it single-use even under
+        // concurrent attempts.
+        let claimed: Option<(i64, i64)> = sqlx::query_as(
+            "DELETE FROM password_resets WHERE token_hash = $1 RETURNING user_id, expire_time",
+        )
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((user_id, expire_time)) = claimed else {
+            return Ok(None);
+        };
+        if expire_time <= now {
+            self.commit(tx, None).await?;
+            return Ok(None);
+        }
+        sqlx::query("UPDATE users SET password_hash = $2, update_time = $3 WHERE id = $1")
+            .bind(user_id)
+            .bind(new_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM password_resets WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let (_, sequence) = Self::end_sessions_in(&mut tx, user_id, Sessions::All).await?;
+        self.commit(tx, sequence).await?;
+        Ok(Some(user_id))
+    }
+
+    async fn set_avatar(
+        &self,
+        user_id: i64,
+        key: Option<&str>,
+    ) -> Result<Option<(UserRecord, Option<String>)>> {
+        let mut tx = self.begin_write().await?;
+        let previous: Option<Option<String>> =
+            sqlx::query_scalar("SELECT avatar_key FROM users WHERE id = $1")
+                .bind(user_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let Some((user_id, expire_time)) = claimed else {
-                    return Ok(None);
-                };
-                if expire_time <= now {
-                    self.commit(tx, None).await?;
-                    return Ok(None);
-                }
-                sqlx::query("UPDATE users SET password_hash = $2, update_time = $3 WHERE id = $1")
-                    .bind(user_id)
-                    .bind(new_hash)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM password_resets WHERE user_id = $1")
-                    .bind(user_id)
-                    .execute(&mut *tx)
-                    .await?;
-                let (_, sequence) =
-                    Self::end_sessions_in(&mut tx, user_id, $crate::store::Sessions::All).await?;
-                self.commit(tx, sequence).await?;
-                Ok(Some(user_id))
-            }
-
-            async fn set_avatar(
-                &self,
-                user_id: i64,
-                key: Option<&str>,
-            ) -> $crate::error::Result<Option<($crate::store::UserRecord, Option<String>)>> {
-                let mut tx = self.begin_write().await?;
-                let previous: Option<Option<String>> =
-                    sqlx::query_scalar("SELECT avatar_key FROM users WHERE id = $1")
-                        .bind(user_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let Some(previous) = previous else {
-                    return Ok(None);
-                };
-                if key.is_none() && previous.is_none() {
-                    let user = sqlx::query_as(concat!(
-                        "SELECT ",
-                        $crate::store::sql::user_columns!(),
-                        " FROM users WHERE id = $1"
-                    ))
+        let Some(previous) = previous else {
+            return Ok(None);
+        };
+        if key.is_none() && previous.is_none() {
+            let user = sqlx::query_as("SELECT id, username, email, password_hash, avatar_key, create_time FROM users WHERE id = $1")
                     .bind(user_id)
                     .fetch_one(&mut *tx)
                     .await?;
-                    return Ok(Some((user, None)));
-                }
-                let user: $crate::store::UserRecord = sqlx::query_as(concat!(
-                    "UPDATE users SET avatar_key = $2, update_time = $3 WHERE id = $1 RETURNING ",
-                    $crate::store::sql::user_columns!()
-                ))
+            return Ok(Some((user, None)));
+        }
+        let user: UserRecord = sqlx::query_as("UPDATE users SET avatar_key = $2, update_time = $3 WHERE id = $1 RETURNING id, username, email, password_hash, avatar_key, create_time")
                 .bind(user_id)
                 .bind(key)
-                .bind($crate::store::now_micros())
+                .bind(now_micros())
                 .fetch_one(&mut *tx)
                 .await?;
-                let change = $crate::events::UserChange::UserUpserted {
-                    user_id,
-                    username: user.username.clone(),
-                    avatar_key: user.avatar_key.clone(),
-                };
-                let sequence = Self::record(&mut tx, &change).await?;
-                self.commit(tx, Some(sequence)).await?;
-                Ok(Some((user, previous)))
-            }
+        let change = UserChange::UserUpserted {
+            user_id,
+            username: user.username.clone(),
+            avatar_key: user.avatar_key.clone(),
+        };
+        let sequence = Self::record(&mut tx, &change).await?;
+        self.commit(tx, Some(sequence)).await?;
+        Ok(Some((user, previous)))
+    }
 
-            async fn create_session(&self, session: $crate::store::NewSession<'_>) -> $crate::error::Result<()> {
-                let mut tx = self.begin_write().await?;
-                sqlx::query("INSERT INTO sessions (id, user_id, create_time, expire_time) VALUES ($1, $2, $3, $4)")
-                    .bind(session.id)
-                    .bind(session.user_id)
-                    .bind($crate::store::now_micros())
-                    .bind(session.expire_time)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)")
-                    .bind(session.refresh_hash)
-                    .bind(session.id)
-                    .execute(&mut *tx)
-                    .await?;
-                self.commit(tx, None).await
-            }
+    async fn create_session(&self, session: NewSession<'_>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, create_time, expire_time) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(session.id)
+        .bind(session.user_id)
+        .bind(now_micros())
+        .bind(session.expire_time)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)")
+            .bind(session.refresh_hash)
+            .bind(session.id)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx, None).await
+    }
 
-            async fn session_is_live(&self, session_id: &str, user_id: i64, now: i64) -> $crate::error::Result<bool> {
-                let found: Option<String> = sqlx::query_scalar(
-                    "SELECT id FROM sessions WHERE id = $1 AND user_id = $2 AND expire_time > $3",
-                )
-                .bind(session_id)
-                .bind(user_id)
-                .bind(now)
-                .fetch_optional(&self.pool)
-                .await?;
-                Ok(found.is_some())
-            }
+    async fn session_is_live(&self, session_id: &str, user_id: i64, now: i64) -> Result<bool> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM sessions WHERE id = $1 AND user_id = $2 AND expire_time > $3",
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .bind(now)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(found.is_some())
+    }
 
-            async fn rotate_refresh_token(
-                &self,
-                old_hash: &[u8],
-                new_hash: &[u8],
-                now: i64,
-            ) -> $crate::error::Result<$crate::store::Rotation> {
-                use $crate::store::{Rotation, SessionRecord, Sessions};
-                let mut tx = self.begin_write().await?;
-                // Claiming the token is the first statement, so two concurrent
-                // refreshes with it cannot both win.
-                let claimed: Option<String> = sqlx::query_scalar(
+    async fn rotate_refresh_token(
+        &self,
+        old_hash: &[u8],
+        new_hash: &[u8],
+        now: i64,
+    ) -> Result<Rotation> {
+        use crate::store::{Rotation, SessionRecord, Sessions};
+        let mut tx = self.begin_write().await?;
+        // Claiming the token is the first statement, so two concurrent
+        // refreshes with it cannot both win.
+        let claimed: Option<String> = sqlx::query_scalar(
                     "UPDATE refresh_tokens SET used = TRUE WHERE token_hash = $1 AND used = FALSE RETURNING session_id",
                 )
                 .bind(old_hash)
                 .fetch_optional(&mut *tx)
                 .await?;
 
-                let Some(session_id) = claimed else {
-                    let reused: Option<String> =
-                        sqlx::query_scalar("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
-                            .bind(old_hash)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    let Some(session_id) = reused else {
-                        return Ok(Rotation::Unknown);
-                    };
-                    let owner: Option<i64> = sqlx::query_scalar("SELECT user_id FROM sessions WHERE id = $1")
-                        .bind(&session_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    let mut sequence = None;
-                    if let Some(user_id) = owner {
-                        sequence = Self::end_sessions_in(&mut tx, user_id, Sessions::Only(&session_id)).await?.1;
-                    }
-                    self.commit(tx, sequence).await?;
-                    return Ok(Rotation::Reused);
-                };
-
-                let session: Option<(String, i64, String, i64)> = sqlx::query_as(
-                    "SELECT s.id, s.user_id, u.username, s.expire_time \
-                     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
-                )
-                .bind(&session_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((id, user_id, username, expire_time)) = session else {
-                    return Ok(Rotation::Unknown);
-                };
-                if expire_time <= now {
-                    let sequence = Self::end_sessions_in(&mut tx, user_id, Sessions::Only(&id)).await?.1;
-                    self.commit(tx, sequence).await?;
-                    return Ok(Rotation::Expired);
-                }
-                sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)")
-                    .bind(new_hash)
-                    .bind(&id)
-                    .execute(&mut *tx)
+        let Some(session_id) = claimed else {
+            let reused: Option<String> =
+                sqlx::query_scalar("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
+                    .bind(old_hash)
+                    .fetch_optional(&mut *tx)
                     .await?;
-                self.commit(tx, None).await?;
-                Ok(Rotation::Rotated(SessionRecord {
-                    id,
-                    user_id,
-                    username,
-                    expire_time,
-                }))
+            let Some(session_id) = reused else {
+                return Ok(Rotation::Unknown);
+            };
+            let owner: Option<i64> =
+                sqlx::query_scalar("SELECT user_id FROM sessions WHERE id = $1")
+                    .bind(&session_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let mut sequence = None;
+            if let Some(user_id) = owner {
+                sequence = Self::end_sessions_in(&mut tx, user_id, Sessions::Only(&session_id))
+                    .await?
+                    .1;
             }
+            self.commit(tx, sequence).await?;
+            return Ok(Rotation::Reused);
+        };
 
-            async fn end_sessions(
-                &self,
-                user_id: i64,
-                which: $crate::store::Sessions<'_>,
-            ) -> $crate::error::Result<Vec<String>> {
-                let mut tx = self.begin_write().await?;
-                let (ended, sequence) = Self::end_sessions_in(&mut tx, user_id, which).await?;
-                self.commit(tx, sequence).await?;
-                Ok(ended)
-            }
+        let session: Option<(String, i64, String, i64)> = sqlx::query_as(
+            "SELECT s.id, s.user_id, u.username, s.expire_time \
+                     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
+        )
+        .bind(&session_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((id, user_id, username, expire_time)) = session else {
+            return Ok(Rotation::Unknown);
+        };
+        if expire_time <= now {
+            let sequence = Self::end_sessions_in(&mut tx, user_id, Sessions::Only(&id))
+                .await?
+                .1;
+            self.commit(tx, sequence).await?;
+            return Ok(Rotation::Expired);
+        }
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)")
+            .bind(new_hash)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        self.commit(tx, None).await?;
+        Ok(Rotation::Rotated(SessionRecord {
+            id,
+            user_id,
+            username,
+            expire_time,
+        }))
+    }
 
-            async fn signing_keys(&self) -> $crate::error::Result<Vec<$crate::store::KeyRecord>> {
-                Ok(sqlx::query_as(
-                    "SELECT kid, private_key, public_key, create_time FROM signing_keys \
+    async fn end_sessions(&self, user_id: i64, which: Sessions<'_>) -> Result<Vec<String>> {
+        let mut tx = self.begin_write().await?;
+        let (ended, sequence) = Self::end_sessions_in(&mut tx, user_id, which).await?;
+        self.commit(tx, sequence).await?;
+        Ok(ended)
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<KeyRecord>> {
+        Ok(sqlx::query_as(
+            "SELECT kid, private_key, public_key, create_time FROM signing_keys \
                      ORDER BY create_time DESC, kid DESC",
-                )
-                .fetch_all(&self.pool)
-                .await?)
-            }
+        )
+        .fetch_all(&self.read)
+        .await?)
+    }
 
-            async fn add_signing_key(&self, key: &$crate::store::KeyRecord) -> $crate::error::Result<()> {
-                sqlx::query(
-                    "INSERT INTO signing_keys (kid, private_key, public_key, create_time) \
+    async fn add_signing_key(&self, key: &KeyRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, private_key, public_key, create_time) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (kid) DO NOTHING",
-                )
-                .bind(&key.kid)
-                .bind(&key.private_key)
-                .bind(&key.public_key)
-                .bind(key.create_time)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
+        )
+        .bind(&key.kid)
+        .bind(&key.private_key)
+        .bind(&key.public_key)
+        .bind(key.create_time)
+        .execute(&self.read)
+        .await?;
+        Ok(())
+    }
 
-            async fn events_after(
-                &self,
-                sequence: i64,
-                limit: i64,
-            ) -> $crate::error::Result<Vec<$crate::store::EventRecord>> {
-                let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+    async fn events_after(&self, sequence: i64, limit: i64) -> Result<Vec<EventRecord>> {
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
                     "SELECT sequence, time, payload FROM user_events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
                 )
                 .bind(sequence)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?;
-                rows.into_iter()
-                    .map(|(sequence, time, payload)| {
-                        Ok($crate::store::EventRecord {
-                            sequence,
-                            time,
-                            change: $crate::events::UserChange::from_json(&payload)?,
-                        })
-                    })
-                    .collect()
-            }
+        rows.into_iter()
+            .map(|(sequence, time, payload)| {
+                Ok(EventRecord {
+                    sequence,
+                    time,
+                    change: UserChange::from_json(&payload)?,
+                })
+            })
+            .collect()
+    }
 
-            fn event_commits(&self) -> tokio::sync::watch::Receiver<i64> {
-                self.commits.subscribe()
-            }
-        }
-    };
+    fn event_commits(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.commits.subscribe()
+    }
 }
-pub(super) use sql_store;
 
 /// Turns a unique-index violation into the matching client error; any other
 /// error passes through. The index names (PostgreSQL) and column names
 /// (SQLite's message) both say which field collided.
-pub(super) fn on_unique_violation(e: sqlx::Error) -> crate::error::Error {
+fn on_unique_violation(e: sqlx::Error) -> Error {
     if let Some(db) = e.as_database_error()
         && db.is_unique_violation()
     {
         let what = db.constraint().unwrap_or_else(|| db.message());
         if what.contains("email") {
-            return crate::error::Error::EmailTaken;
+            return Error::EmailTaken;
         }
         if what.contains("username") {
-            return crate::error::Error::UsernameTaken;
+            return Error::UsernameTaken;
         }
     }
     e.into()
