@@ -5,20 +5,13 @@
 //! container image runs either; `blog healthcheck` asks the selected services
 //! for their health, for container health checks.
 
-use clap::{Parser, Subcommand, ValueEnum};
-use tokio::sync::watch;
+use clap::ValueEnum;
+use shared::cli::{Cli, check_health};
+use tokio::{sync::watch, task::JoinSet};
 
-/// The blog backend.
-#[derive(Debug, Parser)]
-#[command(
-    name = "blog",
-    version,
-    about = "Runs the blog backend (auth-service and posts-service)"
-)]
-struct Cli {
-    /// What to do; serving is the default.
-    #[command(subcommand)]
-    command: Option<Command>,
+/// What this process runs, and with what settings.
+#[derive(Debug, clap::Args)]
+struct Settings {
     /// Which services this process runs.
     #[arg(
         long,
@@ -39,14 +32,6 @@ struct Cli {
     common: shared::config::CommonConfig,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
-enum Command {
-    /// Serve until SIGTERM or SIGINT.
-    Serve,
-    /// Exit 0 if every selected service reports SERVING, 1 otherwise.
-    Healthcheck,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Service {
     /// The auth-service.
@@ -57,27 +42,27 @@ enum Service {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let runs = |s| cli.services.contains(&s);
+    let cli = Cli::<Settings>::parse_as(
+        "blog",
+        "Runs the blog backend (auth-service and posts-service)",
+    );
+    let healthcheck = cli.is_healthcheck();
+    let settings = cli.settings;
+    let runs = |s| settings.services.contains(&s);
 
-    if cli.command == Some(Command::Healthcheck) {
+    if healthcheck {
         let mut addrs = Vec::new();
         if runs(Service::Auth) {
-            addrs.push(cli.auth.auth_listen_addr);
+            addrs.push(settings.auth.auth_listen_addr);
         }
         if runs(Service::Posts) {
-            addrs.push(cli.posts.posts_listen_addr);
+            addrs.push(settings.posts.posts_listen_addr);
         }
-        for addr in addrs {
-            if let Err(e) = shared::server::healthcheck(addr).await {
-                eprintln!("unhealthy: {e}");
-                std::process::exit(1);
-            }
-        }
+        check_health(&addrs).await;
         return Ok(());
     }
 
-    shared::config::init_tracing(cli.common.log_format);
+    shared::config::init_tracing(settings.common.log_format);
     // One signal stops every service; each lets its in-flight calls finish.
     let (stop, stopped) = watch::channel(false);
     let until_stopped = move || {
@@ -86,28 +71,45 @@ async fn main() -> anyhow::Result<()> {
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
-    let mut running = Vec::new();
-    if runs(Service::Auth) {
+    let (run_auth, run_posts) = (runs(Service::Auth), runs(Service::Posts));
+    let mut running = JoinSet::new();
+    if run_auth {
         let auth = auth_service::Application::build(auth_service::Config {
-            auth: cli.auth,
-            common: cli.common.clone(),
+            auth: settings.auth,
+            common: settings.common.clone(),
         })
         .await?;
-        running.push(tokio::spawn(auth.run(until_stopped())));
+        running.spawn(auth.run(until_stopped()));
     }
-    if runs(Service::Posts) {
+    if run_posts {
         let posts = posts_service::Application::build(posts_service::Config {
-            posts: cli.posts,
-            common: cli.common,
+            posts: settings.posts,
+            common: settings.common,
         })
         .await?;
-        running.push(tokio::spawn(posts.run(until_stopped())));
+        running.spawn(posts.run(until_stopped()));
     }
 
-    shared::server::shutdown_signal().await;
-    let _ = stop.send(true);
-    for service in running.into_iter().rev() {
-        service.await??;
+    // A service that stops on its own (a failed task) stops the others: the
+    // process never runs on half-dead.
+    let mut outcome = Ok(());
+    tokio::select! {
+        () = shared::server::shutdown_signal() => {}
+        Some(ended) = running.join_next() => {
+            outcome = match ended {
+                Ok(Ok(())) => Err(anyhow::anyhow!("a service stopped on its own")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("a service panicked: {e}")),
+            };
+        }
     }
-    Ok(())
+    let _ = stop.send(true);
+    while let Some(ended) = running.join_next().await {
+        match ended {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "a service failed while stopping"),
+            Err(e) => tracing::error!(error = %e, "a service panicked while stopping"),
+        }
+    }
+    outcome
 }

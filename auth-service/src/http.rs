@@ -13,14 +13,19 @@ use axum::{
 };
 use serde_json::json;
 
+use shared::harness::Readiness;
+
 use crate::{AppState, avatars::CACHE_CONTROL};
 
 /// The routes.
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<AppState>, readiness: Readiness) -> Router {
     Router::new()
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
+        .route(
+            "/readyz",
+            get(move || async move { shared::http::readiness_response(&readiness) }),
+        )
         .route("/metrics", get(metrics))
         .route("/avatars/{*key}", get(avatar))
         .with_state(state)
@@ -41,22 +46,6 @@ async fn jwks(State(state): State<Arc<AppState>>) -> Response {
         HeaderValue::from_static("public, max-age=300"),
     );
     response
-}
-
-/// Ready when the database answers (the keys are loaded before we listen).
-async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "database": "up"})),
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "database": "down"})),
-        )
-            .into_response(),
-    }
 }
 
 /// Prometheus metrics.

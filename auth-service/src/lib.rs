@@ -40,9 +40,12 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::{server::NamedService, service::interceptor::InterceptedService};
+use tonic::{
+    server::NamedService,
+    service::{Routes, interceptor::InterceptedService},
+};
 
 use prometheus_client::metrics::counter::Counter;
 use proto::auth::{
@@ -51,9 +54,9 @@ use proto::auth::{
 };
 use shared::{
     AuthInterceptor,
+    harness::{self, Listeners, Readiness, Tasks},
     limits::{Key, Limiter, MemoryLimiter, Rate},
     observe::Metrics,
-    server,
     verify::Verifier,
 };
 
@@ -113,16 +116,19 @@ impl AppState {
     }
 }
 
+/// How often the database is probed for readiness.
+const DATABASE_PROBE: Duration = Duration::from_secs(2);
+
 /// A built, bound, not yet serving auth-service.
 pub struct Application {
-    /// The bound gRPC listener.
-    listener: TcpListener,
-    /// The bound HTTP listener.
-    http_listener: TcpListener,
+    /// The bound listeners.
+    listeners: Listeners,
     /// Shared handler state.
     state: Arc<AppState>,
     /// Verifies bearer tokens with our own public keys.
     verifier: Arc<Verifier>,
+    /// Background work, stopped with the service.
+    tasks: Tasks,
     /// Settings.
     config: Config,
 }
@@ -160,11 +166,11 @@ impl Application {
             .common
             .internal_token()
             .context("reading the internal token")?;
-        let http_listener = TcpListener::bind(config.auth.auth_http_addr)
-            .await
-            .with_context(|| format!("binding {}", config.auth.auth_http_addr))?;
+        let listeners =
+            Listeners::bind(config.auth.auth_listen_addr, config.auth.auth_http_addr).await?;
+        let tasks = Tasks::new();
         let public_url = match config.auth.auth_public_url.as_deref() {
-            None | Some("") => format!("http://{}", http_listener.local_addr()?),
+            None | Some("") => format!("http://{}", listeners.http_addr()),
             Some(url) => url.to_owned(),
         };
         let avatars = Arc::new(
@@ -218,32 +224,25 @@ impl Application {
             avatars,
             resets,
             internal_token,
-            shutdown: CancellationToken::new(),
+            shutdown: tasks.stopping(),
         });
-        let listener = TcpListener::bind(config.auth.auth_listen_addr)
-            .await
-            .with_context(|| format!("binding {}", config.auth.auth_listen_addr))?;
         Ok(Self {
-            listener,
-            http_listener,
+            listeners,
             state,
             verifier,
+            tasks,
             config,
         })
     }
 
     /// The address the gRPC server is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound TCP listener has an address")
+        self.listeners.grpc_addr()
     }
 
     /// The address the HTTP side is bound to.
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_listener
-            .local_addr()
-            .expect("a bound TCP listener has an address")
+        self.listeners.http_addr()
     }
 
     /// Shared handler state, for tests that inspect the store.
@@ -252,116 +251,68 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight calls finish.
+    /// Returns an error if a background task fails (the service stops
+    /// first).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Self {
-            listener,
-            http_listener,
+            listeners,
             state,
             verifier,
+            mut tasks,
             config,
         } = self;
-        let addr = listener.local_addr()?;
         let interceptor = AuthInterceptor::new(verifier).with_metrics(state.metrics.clone());
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<UserServiceServer<service::UsersApi>>()
-            .await;
-        health
-            .set_serving::<AuthServiceServer<service::AuthApi>>()
-            .await;
-        health
-            .set_serving::<UserEventServiceServer<service::UserEventsApi>>()
-            .await;
-        let watchdog = tokio::spawn(watch_database(
-            state.store.clone(),
-            health.clone(),
-            state.shutdown.clone(),
-        ));
+        let (database, database_state) = watch::channel(true);
+        {
+            let store = state.store.clone();
+            tasks.spawn("database probe", move |stop| {
+                harness::probe_every(
+                    DATABASE_PROBE,
+                    database,
+                    move || {
+                        let store = store.clone();
+                        async move { store.ping().await.is_ok() }
+                    },
+                    stop,
+                )
+            });
+        }
+        let readiness = Readiness::new().with("database", database_state);
 
-        let tls = config.auth.tls().load().context("reading the TLS files")?;
-        let router = server::builder(&config.common, state.metrics.clone(), tls)?
-            .add_service(health_service)
-            .add_service(InterceptedService::new(
-                UserServiceServer::new(service::UsersApi::new(state.clone()))
-                    // SetAvatar carries up to 5 MiB: just enough room for a
-                    // 5 MiB upload plus framing, so an oversized one still
-                    // arrives and is answered with a clear message.
-                    .max_decoding_message_size(images::MAX_UPLOAD_BYTES + 64 * 1024),
-                interceptor.clone(),
-            ))
-            .add_service(AuthServiceServer::with_interceptor(
-                service::AuthApi::new(state.clone()),
-                interceptor.clone(),
-            ))
-            .add_service(UserEventServiceServer::with_interceptor(
-                service::UserEventsApi::new(state.clone()),
-                interceptor,
-            ));
-        let router = server::with_reflection(
-            router,
-            config.common.reflection,
+        let routes = Routes::new(InterceptedService::new(
+            UserServiceServer::new(service::UsersApi::new(state.clone()))
+                // SetAvatar carries up to 5 MiB: just enough room for a 5 MiB
+                // upload plus framing, so an oversized one still arrives and
+                // is answered with a clear message.
+                .max_decoding_message_size(images::MAX_UPLOAD_BYTES + 64 * 1024),
+            interceptor.clone(),
+        ))
+        .add_service(AuthServiceServer::with_interceptor(
+            service::AuthApi::new(state.clone()),
+            interceptor.clone(),
+        ))
+        .add_service(UserEventServiceServer::with_interceptor(
+            service::UserEventsApi::new(state.clone()),
+            interceptor,
+        ));
+        let service = harness::Service {
+            name: "auth-service",
+            routes,
             // The internal event stream is served but not advertised.
-            &[
+            advertised: vec![
                 <UserServiceServer<service::UsersApi> as NamedService>::NAME,
                 <AuthServiceServer<service::AuthApi> as NamedService>::NAME,
             ],
-        )?;
-
-        let http_addr = http_listener.local_addr()?;
-        let http = shared::http::spawn(
-            http_listener,
-            http::router(state.clone()),
-            state.shutdown.clone(),
-        );
-
-        tracing::info!(%addr, %http_addr, reflection = config.common.reflection, "auth-service listening");
-        let stopping = state.shutdown.clone();
-        router
-            .serve_with_incoming_shutdown(
-                shared::conn::incoming(listener, config.common.connection_idle_timeout),
-                async move {
-                    shutdown.await;
-                    // End event streams so that the graceful stop does not wait
-                    // for subscribers that never hang up.
-                    stopping.cancel();
-                },
-            )
-            .await?;
-        state.shutdown.cancel();
-        watchdog.abort();
-        let _ = http.await;
-        tracing::info!("auth-service stopped");
-        Ok(())
-    }
-}
-
-/// Keeps the overall health status in step with the database: `NOT_SERVING`
-/// while it cannot be reached.
-async fn watch_database(
-    store: Arc<dyn Store>,
-    health: tonic_health::server::HealthReporter,
-    shutdown: CancellationToken,
-) {
-    let mut serving = true;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
-        let up = store.ping().await.is_ok();
-        if up != serving {
-            serving = up;
-            let status = if up {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            tracing::warn!(database_up = up, "database reachability changed");
-            health.set_service_status("", status).await;
-        }
+            http: http::router(state.clone(), readiness.clone()),
+            readiness,
+            tasks,
+            metrics: state.metrics.clone(),
+            tls: config.auth.tls().load().context("reading the TLS files")?,
+        };
+        harness::serve(service, listeners, &config.common, shutdown).await
     }
 }

@@ -2,21 +2,18 @@
 //! `auth-service healthcheck` instead asks the running service for its health
 //! (exit status 0 when serving), for container health checks.
 
-use clap::Parser;
+use shared::cli::{Cli, check_health};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args: Vec<String> = std::env::args().collect();
-    let healthcheck = args.get(1).is_some_and(|a| a == "healthcheck");
+    let cli = Cli::<auth_service::Config>::parse_as(
+        "auth-service",
+        "Users, passwords, sessions and token signing for the blog",
+    );
+    let healthcheck = cli.is_healthcheck();
+    let config = cli.settings;
     if healthcheck {
-        args.remove(1);
-    }
-    let config = auth_service::Config::parse_from(args);
-    if healthcheck {
-        if let Err(e) = shared::server::healthcheck(config.auth.auth_listen_addr).await {
-            eprintln!("unhealthy: {e}");
-            std::process::exit(1);
-        }
+        check_health(&[config.auth.auth_listen_addr]).await;
         return Ok(());
     }
     shared::config::init_tracing(config.common.log_format);

@@ -8,17 +8,11 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use axum::{
-    Json, Router,
-    extract::State,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-    routing::get,
-};
+use axum::{Router, extract::State, response::Response, routing::get};
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 
-use shared::{observe::Metrics, verify::Verifier};
+use shared::{harness::Readiness, observe::Metrics};
 
 use crate::{
     replica::ReplicaStatus,
@@ -30,8 +24,8 @@ use crate::{
 pub struct HttpState {
     /// Persistence.
     pub store: Arc<dyn Store>,
-    /// Token verification keys.
-    pub verifier: Arc<Verifier>,
+    /// When the service is ready.
+    pub readiness: Readiness,
     /// The event stream's progress.
     pub replica: Arc<ReplicaStatus>,
     /// Everything `/metrics` shows.
@@ -90,20 +84,9 @@ fn stream_state(replica: &ReplicaStatus) -> serde_json::Value {
 }
 
 async fn ready(State(state): State<HttpState>) -> Response {
-    let database = state.store.ping().await.is_ok();
-    let keys = state.verifier.has_keys();
-    let body = Json(json!({
-        "status": if database && keys { "ready" } else { "not ready" },
-        "database": if database { "up" } else { "down" },
-        "keys": if keys { "loaded" } else { "missing" },
-        "event_stream": stream_state(&state.replica),
-    }));
-    let code = if database && keys {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, body).into_response()
+    let mut body = serde_json::Map::new();
+    body.insert("event_stream".into(), stream_state(&state.replica));
+    shared::http::readiness_response_with(&state.readiness, body)
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {

@@ -29,11 +29,11 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
-    service::interceptor::InterceptedService,
+    service::{Routes, interceptor::InterceptedService},
     transport::{Channel, Endpoint},
 };
 
@@ -43,7 +43,13 @@ use proto::{
     },
     posts::post_service_server::PostServiceServer,
 };
-use shared::{AuthInterceptor, limits::MemoryLimiter, observe::Metrics, server, verify::Verifier};
+use shared::{
+    AuthInterceptor,
+    harness::{self, Listeners, Readiness, Tasks},
+    limits::MemoryLimiter,
+    observe::Metrics,
+    verify::Verifier,
+};
 
 pub use config::Config;
 
@@ -56,12 +62,13 @@ use crate::{
 /// The largest request message accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
+/// How often the database is probed for readiness.
+const DATABASE_PROBE: Duration = Duration::from_secs(2);
+
 /// A built, bound, not yet serving posts-service.
 pub struct Application {
-    /// The bound gRPC listener.
-    listener: TcpListener,
-    /// The bound HTTP listener.
-    http_listener: TcpListener,
+    /// The bound listeners.
+    listeners: Listeners,
     /// Persistence.
     store: Arc<dyn Store>,
     /// Verifies bearer tokens with the auth-service's public keys.
@@ -124,15 +131,10 @@ impl Application {
             .common
             .internal_token()
             .context("reading the internal token")?;
-        let listener = TcpListener::bind(config.posts.posts_listen_addr)
-            .await
-            .with_context(|| format!("binding {}", config.posts.posts_listen_addr))?;
-        let http_listener = TcpListener::bind(config.posts.posts_http_addr)
-            .await
-            .with_context(|| format!("binding {}", config.posts.posts_http_addr))?;
+        let listeners =
+            Listeners::bind(config.posts.posts_listen_addr, config.posts.posts_http_addr).await?;
         Ok(Self {
-            listener,
-            http_listener,
+            listeners,
             store,
             verifier,
             revocations,
@@ -145,26 +147,23 @@ impl Application {
 
     /// The address the gRPC server is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound TCP listener has an address")
+        self.listeners.grpc_addr()
     }
 
     /// The address the HTTP side is bound to.
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_listener
-            .local_addr()
-            .expect("a bound TCP listener has an address")
+        self.listeners.http_addr()
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight calls finish.
+    /// Returns an error if a background task fails (the service stops
+    /// first).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Self {
-            listener,
-            http_listener,
+            listeners,
             store,
             verifier,
             revocations,
@@ -173,52 +172,61 @@ impl Application {
             replica,
             config,
         } = self;
-        let addr = listener.local_addr()?;
-        let background = CancellationToken::new();
-        let replica_status = replica.clone();
         let unknown_kid = Arc::new(Notify::new());
         let window = revocation_window(&config);
-
-        let tasks = [
-            tokio::spawn(keys::refresh(
+        let mut tasks = Tasks::new();
+        {
+            let (client, verifier, store) = (
                 AuthServiceClient::new(auth.clone()),
                 verifier.clone(),
                 store.clone(),
-                unknown_kid.clone(),
-                config.posts.jwks_refresh,
-                background.clone(),
-            )),
-            tokio::spawn(
-                Replica {
-                    client: UserEventServiceClient::new(auth),
-                    internal_token,
-                    store: store.clone(),
-                    revocations: revocations.clone(),
-                    window,
-                    status: replica.clone(),
-                }
-                .run(background.clone()),
-            ),
-            tokio::spawn(prune_revocations(
-                store.clone(),
-                revocations.clone(),
-                background.clone(),
-            )),
-        ];
-
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_not_serving::<PostServiceServer<service::PostsApi>>()
-            .await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        let health_task = tokio::spawn(report_health(
-            store.clone(),
-            verifier.clone(),
-            health,
-            background.clone(),
-        ));
+            );
+            let (unknown_kid, every) = (unknown_kid.clone(), config.posts.jwks_refresh);
+            tasks.spawn("keys", move |stop| async move {
+                keys::refresh(client, verifier, store, unknown_kid, every, stop).await;
+                Ok(())
+            });
+        }
+        {
+            let replica = Replica {
+                client: UserEventServiceClient::new(auth),
+                internal_token,
+                store: store.clone(),
+                revocations: revocations.clone(),
+                window,
+                status: replica.clone(),
+            };
+            tasks.spawn("user events", move |stop| async move {
+                replica.run(stop).await;
+                Ok(())
+            });
+        }
+        {
+            let (store, revocations) = (store.clone(), revocations.clone());
+            tasks.spawn("revocation pruning", move |stop| async move {
+                prune_revocations(store, revocations, stop).await;
+                Ok(())
+            });
+        }
+        let (database, database_state) = watch::channel(true);
+        {
+            let store = store.clone();
+            tasks.spawn("database probe", move |stop| {
+                harness::probe_every(
+                    DATABASE_PROBE,
+                    database,
+                    move || {
+                        let store = store.clone();
+                        async move { store.ping().await.is_ok() }
+                    },
+                    stop,
+                )
+            });
+        }
+        // Without keys no token can be checked: not ready until they come.
+        let readiness = Readiness::new()
+            .with("database", database_state)
+            .with("keys", verifier.keys_loaded());
 
         let mut metrics = Metrics::new();
         let stream = http::StreamGauges::default();
@@ -226,52 +234,38 @@ impl Application {
         let metrics = Arc::new(metrics);
         let http_state = http::HttpState {
             store: store.clone(),
-            verifier: verifier.clone(),
-            replica: replica_status,
+            readiness: readiness.clone(),
+            replica,
             metrics: metrics.clone(),
             stream,
         };
-        let http = shared::http::spawn(http_listener, http::router(http_state), background.clone());
 
         let interceptor = AuthInterceptor::new(verifier)
             .with_revocations(revocations)
             .with_unknown_key_notify(unknown_kid)
             .with_metrics(metrics.clone());
-        let tls = config.posts.tls().load().context("reading the TLS files")?;
-        let router = server::builder(&config.common, metrics, tls)?
-            .add_service(health_service)
-            .add_service(InterceptedService::new(
-                PostServiceServer::new(service::PostsApi::new(
-                    store,
-                    Arc::new(MemoryLimiter::new()),
-                    config.posts.post_writes(),
-                ))
-                // The largest valid request (a 20,000-character post of
-                // 4-byte characters) is about 80 KB.
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-                interceptor,
-            ));
-        let router = server::with_reflection(
-            router,
-            config.common.reflection,
-            &[<PostServiceServer<service::PostsApi> as NamedService>::NAME],
-        )?;
-
-        tracing::info!(%addr, reflection = config.common.reflection, "posts-service listening");
-        router
-            .serve_with_incoming_shutdown(
-                shared::conn::incoming(listener, config.common.connection_idle_timeout),
-                shutdown,
-            )
-            .await?;
-        background.cancel();
-        for task in tasks {
-            let _ = task.await;
-        }
-        let _ = health_task.await;
-        let _ = http.await;
-        tracing::info!("posts-service stopped");
-        Ok(())
+        let routes = Routes::new(InterceptedService::new(
+            PostServiceServer::new(service::PostsApi::new(
+                store,
+                Arc::new(MemoryLimiter::new()),
+                config.posts.post_writes(),
+            ))
+            // The largest valid request (a 20,000-character post of 4-byte
+            // characters) is about 80 KB.
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+            interceptor,
+        ));
+        let service = harness::Service {
+            name: "posts-service",
+            routes,
+            advertised: vec![<PostServiceServer<service::PostsApi> as NamedService>::NAME],
+            http: http::router(http_state),
+            readiness,
+            tasks,
+            metrics,
+            tls: config.posts.tls().load().context("reading the TLS files")?,
+        };
+        harness::serve(service, listeners, &config.common, shutdown).await
     }
 }
 
@@ -279,40 +273,6 @@ impl Application {
 /// before it can live, plus the clock skew tolerated. Microseconds.
 fn revocation_window(config: &Config) -> i64 {
     (config.common.access_token_ttl + config.common.token_leeway).as_micros() as i64
-}
-
-/// `SERVING` only while the database answers and keys are loaded: without
-/// keys no token can be checked.
-async fn report_health(
-    store: Arc<dyn Store>,
-    verifier: Arc<Verifier>,
-    health: tonic_health::server::HealthReporter,
-    shutdown: CancellationToken,
-) {
-    let mut serving = None;
-    loop {
-        let up = verifier.has_keys() && store.ping().await.is_ok();
-        if serving != Some(up) {
-            serving = Some(up);
-            let status = if up {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            tracing::info!(serving = up, "health changed");
-            health.set_service_status("", status).await;
-            health
-                .set_service_status(
-                    <PostServiceServer<service::PostsApi> as NamedService>::NAME,
-                    status,
-                )
-                .await;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
 }
 
 /// Forgets, now and then, revocations whose tokens have all expired.

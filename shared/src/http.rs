@@ -96,6 +96,33 @@ async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
     }
 }
 
+/// `/readyz`: 200 while every condition of `readiness` holds, else 503;
+/// the body says which hold. The same state gRPC health reports.
+pub fn readiness_response(readiness: &crate::harness::Readiness) -> Response {
+    readiness_response_with(readiness, serde_json::Map::new())
+}
+
+/// `/readyz` with more to say in the body (what does not decide readiness).
+pub fn readiness_response_with(
+    readiness: &crate::harness::Readiness,
+    mut body: serde_json::Map<String, serde_json::Value>,
+) -> Response {
+    let ready = readiness.is_ready();
+    body.insert(
+        "status".into(),
+        if ready { "ready" } else { "not ready" }.into(),
+    );
+    for (name, holds) in readiness.report() {
+        body.insert(name.into(), holds.into());
+    }
+    let code = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(serde_json::Value::Object(body))).into_response()
+}
+
 /// `/metrics`: everything in `metrics`, with the pool's state refreshed first.
 pub fn metrics_response(metrics: &Metrics, pool: PoolStatus) -> Response {
     metrics.record_pool(pool);

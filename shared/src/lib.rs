@@ -5,6 +5,8 @@
 //! - [`current_user`]: the interceptor that verifies bearer tokens and the
 //!   [`CurrentUser`](current_user::CurrentUser) helper handlers call.
 //! - [`status`]: the fixed status messages and field-violation errors.
+//! - [`cli`]: the command line every binary shares (serve, healthcheck).
+//! - [`harness`]: how a service runs: routes, tasks, health, graceful stop.
 //! - [`server`]: transport limits, health, reflection and shutdown.
 //! - [`admission`]: which calls a server takes on, and what they may hold.
 //! - [`conn`]: accepted connections, closed when silent too long.
@@ -17,10 +19,12 @@
 //! - [`secret`]: random tokens, hashing and constant-time comparison.
 
 pub mod admission;
+pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod current_user;
 pub mod db;
+pub mod harness;
 pub mod http;
 pub mod limits;
 pub mod methods;

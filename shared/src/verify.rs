@@ -150,6 +150,8 @@ struct KeyState {
 pub struct Verifier {
     /// The keys and the tokens verified with them.
     state: RwLock<KeyState>,
+    /// Whether any key is loaded, for whoever waits on it (readiness).
+    loaded: tokio::sync::watch::Sender<bool>,
     /// The pinned validation rules, built once.
     validation: Validation,
     /// Tolerated clock skew, seconds.
@@ -174,6 +176,7 @@ impl Verifier {
                 fingerprint: Vec::new(),
                 verified: HashMap::new(),
             }),
+            loaded: tokio::sync::watch::Sender::new(false),
             validation,
             leeway: leeway as i64,
         }
@@ -227,12 +230,21 @@ impl Verifier {
             let key = DecodingKey::from_ed_der(&x);
             keys.insert(jwk.kid.clone(), key);
         }
-        let mut state = self.write();
-        state.keys = Arc::new(keys);
-        state.fingerprint = fingerprint;
-        // A token verified with a key that is gone must be checked again.
-        state.verified.clear();
+        let loaded = !keys.is_empty();
+        {
+            let mut state = self.write();
+            state.keys = Arc::new(keys);
+            state.fingerprint = fingerprint;
+            // A token verified with a key that is gone must be checked again.
+            state.verified.clear();
+        }
+        self.loaded.send_replace(loaded);
         Ok(true)
+    }
+
+    /// Follows whether any key is loaded.
+    pub fn keys_loaded(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.loaded.subscribe()
     }
 
     /// Whether any key is loaded.
