@@ -40,7 +40,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
@@ -266,22 +265,14 @@ impl Application {
         } = self;
         let interceptor = AuthInterceptor::new(verifier).with_metrics(state.metrics.clone());
 
-        let (database, database_state) = watch::channel(true);
-        {
+        let database = {
             let store = state.store.clone();
-            tasks.spawn("database probe", move |stop| {
-                harness::probe_every(
-                    DATABASE_PROBE,
-                    database,
-                    move || {
-                        let store = store.clone();
-                        async move { store.ping().await.is_ok() }
-                    },
-                    stop,
-                )
-            });
-        }
-        let readiness = Readiness::new().with("database", database_state);
+            tasks.probe("database probe", DATABASE_PROBE, move || {
+                let store = store.clone();
+                async move { store.ping().await.is_ok() }
+            })
+        };
+        let readiness = Readiness::new().with("database", database);
 
         let routes = Routes::new(InterceptedService::new(
             UserServiceServer::new(service::UsersApi::new(state.clone()))

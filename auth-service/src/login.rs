@@ -11,7 +11,10 @@
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use prometheus_client::metrics::counter::Counter;
-use shared::limits::{Backoff, Guess, GuessPolicy, Key, Limiter, Outcome};
+use shared::{
+    limits::{Backoff, Guess, GuessPolicy, Key, Limiter, Outcome},
+    status::FieldErrors,
+};
 
 use crate::{
     config::LimitConfig,
@@ -124,14 +127,17 @@ impl Credentials {
         })
     }
 
-    /// Whether `password` is `user`'s, for a change that needs the owner.
+    /// Checks that `password` is `user`'s, for a change that needs the
+    /// owner; a wrong one is `INVALID_ARGUMENT` with `message` on `field`.
     #[tracing::instrument(skip_all, fields(user_id = user.id))]
     pub async fn reauthenticate(
         &self,
         user: &UserRecord,
         password: &Password,
         address: Option<IpAddr>,
-    ) -> Result<bool> {
+        field: &'static str,
+        message: &'static str,
+    ) -> Result<()> {
         let guess = guess("reauthenticate", &user.id.to_be_bytes(), address);
         let right = self
             .counted(guess, async {
@@ -142,7 +148,10 @@ impl Credentials {
                 Ok(right.then_some(()))
             })
             .await?;
-        Ok(right.is_some())
+        match right {
+            Some(()) => Ok(()),
+            None => Err(FieldErrors::single(field, message).into()),
+        }
     }
 
     /// Runs `check` as `guess`: refused without running while the budgets

@@ -29,7 +29,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
@@ -208,24 +208,16 @@ impl Application {
                 Ok(())
             });
         }
-        let (database, database_state) = watch::channel(true);
-        {
+        let database = {
             let store = store.clone();
-            tasks.spawn("database probe", move |stop| {
-                harness::probe_every(
-                    DATABASE_PROBE,
-                    database,
-                    move || {
-                        let store = store.clone();
-                        async move { store.ping().await.is_ok() }
-                    },
-                    stop,
-                )
-            });
-        }
+            tasks.probe("database probe", DATABASE_PROBE, move || {
+                let store = store.clone();
+                async move { store.ping().await.is_ok() }
+            })
+        };
         // Without keys no token can be checked: not ready until they come.
         let readiness = Readiness::new()
-            .with("database", database_state)
+            .with("database", database)
             .with("keys", verifier.keys_loaded());
 
         let mut metrics = Metrics::new();

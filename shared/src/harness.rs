@@ -93,6 +93,23 @@ impl Tasks {
         self.stop.clone()
     }
 
+    /// Probes with `probe` every `period` and returns whether the last probe
+    /// succeeded, as it changes: a readiness condition (the database).
+    pub fn probe<F, Fut>(
+        &mut self,
+        name: &'static str,
+        period: Duration,
+        probe: F,
+    ) -> watch::Receiver<bool>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        let (up, state) = watch::channel(true);
+        self.spawn(name, move |stop| probe_every(period, up, probe, stop));
+        state
+    }
+
     /// Runs `task` until it ends or the service stops. It is given the
     /// service's stop token; ending on its own before that is a failure.
     pub fn spawn<F, Fut>(&mut self, name: &'static str, task: F)
@@ -206,11 +223,11 @@ pub async fn serve(
             async move { stop.cancelled().await },
         ))
     };
-    tracing::info!(service = name, %grpc_addr, %http_addr, reflection = config.reflection, "listening");
+    tracing::info!(service = name, %grpc_addr, %http_addr, reflection = config.reflection, "{name} listening");
 
     let mut failure = None;
     tokio::select! {
-        () = shutdown => tracing::info!(service = name, "stopping"),
+        () = shutdown => tracing::info!(service = name, "{name} stopping"),
         Some(ended) = tasks.set.join_next() => {
             let error = task_failure(ended);
             tracing::error!(service = name, error = %error, "a task ended: stopping");
@@ -237,7 +254,7 @@ pub async fn serve(
         );
     }
     served.context("serving gRPC")?;
-    tracing::info!(service = name, "stopped");
+    tracing::info!(service = name, "{name} stopped");
     failure.map_or(Ok(()), Err)
 }
 
@@ -306,7 +323,7 @@ async fn report(
 
 /// Keeps `up` in step with whether `probe` succeeds, checked every
 /// `period`: the database condition of a service's readiness.
-pub async fn probe_every<F, Fut>(
+async fn probe_every<F, Fut>(
     period: Duration,
     up: watch::Sender<bool>,
     probe: F,

@@ -120,18 +120,16 @@ impl AuthService for AuthApi {
             .user_by_id(me.id)
             .await?
             .ok_or(Error::InvalidToken)?;
-        if !self
-            .state
+        self.state
             .credentials
-            .reauthenticate(&user, &current, address)
-            .await?
-        {
-            return Err(Error::from(FieldErrors::single(
+            .reauthenticate(
+                &user,
+                &current,
+                address,
                 "current_password",
                 "Current password is incorrect",
-            ))
-            .into());
-        }
+            )
+            .await?;
         let hash = self.state.passwords.hash(&new).await?;
         let ended = self
             .state

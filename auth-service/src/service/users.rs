@@ -18,6 +18,9 @@ use crate::{
     store::{NewUser, UserRecord},
 };
 
+/// What a wrong password is told when it re-authenticates a change.
+const INCORRECT: &str = "Password is incorrect";
+
 /// Handlers of `UserService`.
 pub struct UsersApi {
     /// Shared service state.
@@ -160,16 +163,10 @@ impl UserService for UsersApi {
                 ))
                 .into());
             };
-            if !self
-                .state
+            self.state
                 .credentials
-                .reauthenticate(&user, &password, address)
-                .await?
-            {
-                return Err(
-                    Error::from(FieldErrors::single("password", "Password is incorrect")).into(),
-                );
-            }
+                .reauthenticate(&user, &password, address, "password", INCORRECT)
+                .await?;
         }
         let updated = self
             .state
@@ -200,16 +197,10 @@ impl UserService for UsersApi {
             .user_by_id(me.id)
             .await?
             .ok_or(Error::InvalidToken)?;
-        if !self
-            .state
+        self.state
             .credentials
-            .reauthenticate(&user, &password, address)
-            .await?
-        {
-            return Err(
-                Error::from(FieldErrors::single("password", "Password is incorrect")).into(),
-            );
-        }
+            .reauthenticate(&user, &password, address, "password", INCORRECT)
+            .await?;
         let deleted = self.state.store.delete_user(me.id).await?;
         if let Some(key) = deleted.and_then(|user| user.avatar_key) {
             self.state.avatars.delete(&key).await;
