@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     extract::{Path, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -49,8 +49,9 @@ async fn jwks(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// Prometheus metrics.
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    shared::http::metrics_response(&state.metrics, state.store.pool_status())
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    shared::http::metrics_response(&state.metrics, state.store.pool_status(), accept)
 }
 
 /// A stored avatar. Keys are random and never reused, so the object may be

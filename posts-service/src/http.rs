@@ -8,7 +8,13 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use axum::{Router, extract::State, response::Response, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, header},
+    response::Response,
+    routing::get,
+};
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 
@@ -89,7 +95,7 @@ async fn ready(State(state): State<HttpState>) -> Response {
     shared::http::readiness_response_with(&state.readiness, body)
 }
 
-async fn metrics(State(state): State<HttpState>) -> Response {
+async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let replica = &state.replica;
     state
         .stream
@@ -106,5 +112,6 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             .lag_seconds
             .set((now_micros() - last).max(0) as f64 / 1e6);
     }
-    shared::http::metrics_response(&state.metrics, state.store.pool_status())
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    shared::http::metrics_response(&state.metrics, state.store.pool_status(), accept)
 }

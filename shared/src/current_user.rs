@@ -145,6 +145,8 @@ impl AuthInterceptor {
 impl Interceptor for AuthInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(user) = self.authenticate(request.metadata())? {
+            // The call's span (see `observe`) names the caller from here on.
+            tracing::Span::current().record("user_id", user.id);
             request.extensions_mut().insert(user);
         }
         Ok(request)

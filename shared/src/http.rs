@@ -123,15 +123,77 @@ pub fn readiness_response_with(
     (code, axum::Json(serde_json::Value::Object(body))).into_response()
 }
 
-/// `/metrics`: everything in `metrics`, with the pool's state refreshed first.
-pub fn metrics_response(metrics: &Metrics, pool: PoolStatus) -> Response {
+/// `/metrics`: everything in `metrics`, with the pool's state refreshed
+/// first, as OpenMetrics when the scraper asks for it (`Accept:
+/// application/openmetrics-text`) and in the Prometheus text format
+/// otherwise.
+pub fn metrics_response(metrics: &Metrics, pool: PoolStatus, accept: Option<&str>) -> Response {
     metrics.record_pool(pool);
+    let openmetrics = metrics.encode();
+    if accept.is_some_and(|accept| accept.contains("application/openmetrics-text")) {
+        return (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            )],
+            openmetrics,
+        )
+            .into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        metrics.encode(),
+        prometheus_text(&openmetrics),
     )
         .into_response()
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition: no `#
+/// EOF` or `# UNIT` lines, and a counter's HELP and TYPE name its `_total`
+/// samples.
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_becomes_prometheus_text() {
+        let openmetrics = "# HELP calls Calls.\n# TYPE calls counter\ncalls_total{code=\"OK\"} 3\n\
+                           # HELP up Up.\n# TYPE up gauge\n# UNIT up seconds\nup 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP calls_total Calls.\n# TYPE calls_total counter\ncalls_total{code=\"OK\"} 3\n\
+             # HELP up Up.\n# TYPE up gauge\nup 1\n"
+        );
+    }
 }

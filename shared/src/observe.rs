@@ -245,11 +245,13 @@ where
             .cloned()
             .unwrap_or_else(new_request_id);
         request.headers_mut().insert(REQUEST_ID, request_id.clone());
+        // `user_id` is filled in by the interceptor once a token is verified.
         let span = tracing::info_span!(
             "rpc",
             service = method.service,
             method = method.name,
             request_id = request_id.to_str().unwrap_or_default(),
+            user_id = tracing::field::Empty,
         );
         let mut call = Call {
             metrics: self.metrics.clone(),

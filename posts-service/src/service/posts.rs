@@ -104,7 +104,7 @@ impl PostService for PostsApi {
         Ok(Response::new(post(created)))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(skip_all, fields(post_id = request.get_ref().id))]
     async fn get_post(&self, request: Request<GetPostRequest>) -> Result<Response<Post>, Status> {
         let id = post_id(request.into_inner().id)?;
         let found = self.store.post(id).await?.ok_or(Error::PostNotFound)?;
@@ -183,7 +183,7 @@ impl PostService for PostsApi {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(skip_all, fields(post_id = request.get_ref().id))]
     async fn update_post(
         &self,
         request: Request<UpdatePostRequest>,
@@ -216,7 +216,7 @@ impl PostService for PostsApi {
         Ok(Response::new(post(updated)))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(skip_all, fields(post_id = request.get_ref().id))]
     async fn delete_post(
         &self,
         request: Request<DeletePostRequest>,
