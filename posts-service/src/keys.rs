@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use proto::auth::{GetJwksRequest, Jwk, auth_service_client::AuthServiceClient};
-use shared::verify::Verifier;
+use shared::{trace::TraceContext, verify::Verifier};
 
 use crate::{backoff, store::Store};
 
@@ -91,7 +91,11 @@ async fn fetch(
     verifier: &Verifier,
     store: &dyn Store,
 ) -> anyhow::Result<()> {
-    let keys = client.get_jwks(GetJwksRequest {}).await?.into_inner().keys;
+    // The auth-service logs the fetch under this trace too.
+    let trace = TraceContext::root();
+    let mut request = tonic::Request::new(GetJwksRequest {});
+    trace.inject(request.metadata_mut());
+    let keys = client.get_jwks(request).await?.into_inner().keys;
     if keys.is_empty() {
         anyhow::bail!("the auth-service published no keys");
     }
@@ -100,7 +104,11 @@ async fn fetch(
         if let Err(e) = store.save_jwks(&encode(&keys)).await {
             tracing::warn!(error = %e, "cannot cache the fetched keys");
         }
-        tracing::info!(keys = keys.len(), "verification keys updated");
+        tracing::info!(
+            keys = keys.len(),
+            trace_id = trace.trace_id(),
+            "verification keys updated"
+        );
     }
     Ok(())
 }

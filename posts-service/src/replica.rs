@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use shared::trace::TraceContext;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, transport::Channel};
 
@@ -89,12 +90,19 @@ impl Replica {
             "x-internal-token",
             secrecy::ExposeSecret::expose_secret(&self.internal_token).parse()?,
         );
+        // The auth-service logs the stream under this trace too.
+        let trace = TraceContext::root();
+        trace.inject(request.metadata_mut());
         let mut stream = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             opened = self.client.watch_user_events(request) => opened?.into_inner(),
         };
         self.status.connected.store(true, Ordering::Relaxed);
-        tracing::info!(after = cursor, "following user events");
+        tracing::info!(
+            after = cursor,
+            trace_id = trace.trace_id(),
+            "following user events"
+        );
         loop {
             let event = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),

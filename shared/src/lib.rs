@@ -16,6 +16,7 @@
 //! - [`http`]: the plain HTTP side's server and `/metrics` response.
 //! - [`config`]: settings both services read, and logging setup.
 //! - [`db`]: opening databases, classifying their errors, stored times.
+//! - [`trace`]: W3C trace context, to follow work across both services.
 //! - [`secret`]: random tokens, hashing and constant-time comparison.
 
 pub mod admission;
@@ -32,6 +33,7 @@ pub mod observe;
 pub mod secret;
 pub mod server;
 pub mod status;
+pub mod trace;
 pub mod verify;
 
 pub use current_user::{AuthInterceptor, CurrentUser};

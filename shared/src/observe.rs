@@ -245,12 +245,20 @@ where
             .cloned()
             .unwrap_or_else(new_request_id);
         request.headers_mut().insert(REQUEST_ID, request_id.clone());
-        // `user_id` is filled in by the interceptor once a token is verified.
+        // The caller's trace, or a new one; `user_id` is filled in by the
+        // interceptor once a token is verified.
+        let trace = request
+            .headers()
+            .get(crate::trace::TRACEPARENT)
+            .and_then(|value| value.to_str().ok())
+            .and_then(crate::trace::TraceContext::parse)
+            .unwrap_or_else(crate::trace::TraceContext::root);
         let span = tracing::info_span!(
             "rpc",
             service = method.service,
             method = method.name,
             request_id = request_id.to_str().unwrap_or_default(),
+            trace_id = trace.trace_id(),
             user_id = tracing::field::Empty,
         );
         let mut call = Call {
