@@ -94,6 +94,18 @@ impl FieldErrors {
         }
     }
 
+    /// The parsed values when nothing was recorded, else these errors:
+    /// `parsed` is what [`FieldErrors::check`] returned, one `Option` or a
+    /// tuple of them.
+    pub fn finish_with<P: Parsed>(self, parsed: P) -> Result<P::Values, Self> {
+        if !self.violations.is_empty() {
+            return Err(self);
+        }
+        // `check` records every `None` it returns, so with no violation
+        // every value is there.
+        parsed.values().ok_or(self)
+    }
+
     /// `Ok(())` when nothing was recorded, else these errors.
     pub fn finish(self) -> Result<(), Self> {
         if self.violations.is_empty() {
@@ -120,8 +132,56 @@ impl FieldErrors {
     }
 }
 
+/// The results of [`FieldErrors::check`]: all there, or not.
+pub trait Parsed {
+    /// The values, once all are there.
+    type Values;
+    /// The values if every one is there.
+    fn values(self) -> Option<Self::Values>;
+}
+
+impl<A> Parsed for Option<A> {
+    type Values = A;
+    fn values(self) -> Option<A> {
+        self
+    }
+}
+
+impl<A, B> Parsed for (Option<A>, Option<B>) {
+    type Values = (A, B);
+    fn values(self) -> Option<(A, B)> {
+        Some((self.0?, self.1?))
+    }
+}
+
+impl<A, B, C> Parsed for (Option<A>, Option<B>, Option<C>) {
+    type Values = (A, B, C);
+    fn values(self) -> Option<(A, B, C)> {
+        Some((self.0?, self.1?, self.2?))
+    }
+}
+
 impl From<FieldErrors> for Status {
     fn from(errors: FieldErrors) -> Self {
         errors.into_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finishing_hands_back_the_parsed_values_or_every_violation() {
+        let mut errors = FieldErrors::default();
+        let a = errors.check("a", Ok::<_, &str>(1));
+        let b = errors.check("b", Ok::<_, &str>("two"));
+        assert_eq!(errors.finish_with((a, b)).unwrap(), (1, "two"));
+
+        let mut errors = FieldErrors::default();
+        let a = errors.check("a", Err::<i32, _>("bad a"));
+        let b = errors.check("b", Ok::<_, &str>(2));
+        let refused = errors.finish_with((a, b)).unwrap_err();
+        assert_eq!(refused.into_status().message(), "a: bad a");
     }
 }

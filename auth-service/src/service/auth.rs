@@ -53,10 +53,7 @@ impl AuthService for AuthApi {
         );
         required(&mut errors, "password", &request.password);
         let password = errors.check("password", Password::presented(request.password));
-        errors.finish().map_err(Error::from)?;
-        let (Some(name), Some(password)) = (name, password) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
+        let (name, password) = errors.finish_with((name, password)).map_err(Error::from)?;
 
         let user = self
             .state
@@ -109,10 +106,7 @@ impl AuthService for AuthApi {
             Password::presented(request.current_password),
         );
         let new = errors.check("new_password", Password::parse(request.new_password));
-        errors.finish().map_err(Error::from)?;
-        let (Some(current), Some(new)) = (current, new) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
+        let (current, new) = errors.finish_with((current, new)).map_err(Error::from)?;
 
         let user = self
             .state
@@ -189,10 +183,7 @@ impl AuthService for AuthApi {
             errors.add("token", "must not contain NUL");
         }
         let new = errors.check("new_password", Password::parse(request.new_password));
-        errors.finish().map_err(Error::from)?;
-        let Some(new) = new else {
-            unreachable!("finish() returned Ok, so new_password parsed");
-        };
+        let new = errors.finish_with(new).map_err(Error::from)?;
         // Cheap checks first: only a live token is worth hashing for.
         if request.token.len() > 128 || !self.state.resets.is_live(&request.token).await? {
             return Err(Error::InvalidResetToken.into());

@@ -57,10 +57,9 @@ impl UserService for UsersApi {
         let username = errors.check("username", Username::parse(&request.username));
         let email = errors.check("email", Email::parse(&request.email));
         let password = errors.check("password", Password::parse(request.password));
-        errors.finish().map_err(Error::from)?;
-        let (Some(username), Some(email), Some(password)) = (username, email, password) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
+        let (username, email, password) = errors
+            .finish_with((username, email, password))
+            .map_err(Error::from)?;
 
         // Cheap checks first, the hash last. A registration answers whether
         // an email is taken, so registrations are limited per address.

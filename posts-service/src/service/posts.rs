@@ -90,10 +90,7 @@ impl PostService for PostsApi {
         let mut errors = FieldErrors::default();
         let title = errors.check("title", Title::parse(request.title));
         let content = errors.check("content", Content::parse(request.content));
-        errors.finish().map_err(Error::from)?;
-        let (Some(title), Some(content)) = (title, content) else {
-            unreachable!("finish() returned Ok, so every field parsed");
-        };
+        let (title, content) = errors.finish_with((title, content)).map_err(Error::from)?;
         self.write_allowed(&me).await?;
         let caller = Caller {
             id: me.id,
@@ -130,24 +127,26 @@ impl PostService for PostsApi {
                 PageToken::decode(&request.page_token, request.author_id),
             )
         };
-        errors.finish().map_err(Error::from)?;
-        let Some(page_size) = page_size else {
-            unreachable!("finish() returned Ok, so page_size parsed");
-        };
+        let page_size = errors.finish_with(page_size).map_err(Error::from)?;
 
+        // On the wire 0 means everyone; below here, `None` does.
         let author_id = request.author_id;
+        let author = (author_id != 0).then_some(author_id);
         // One extra row tells whether another page follows.
         let page = self
             .store
             .list_posts(Listing {
-                author_id,
+                author,
                 after: token.map(|t| (t.create_time, t.id)),
                 limit: page_size + 1,
             })
             .await?;
         // A post names its author (the replica deletes an author's posts with
         // them), so only an empty page needs to ask whether the author exists.
-        if author_id != 0 && page.posts.is_empty() && !self.store.author_exists(author_id).await? {
+        if let Some(author) = author
+            && page.posts.is_empty()
+            && !self.store.author_exists(author).await?
+        {
             return Err(Error::UserNotFound.into());
         }
         // The page ends at `page_size` posts or before it would outgrow

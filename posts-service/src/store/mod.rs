@@ -77,8 +77,8 @@ pub struct Caller<'a> {
 /// Which posts a listing covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listing {
-    /// Only this author's posts; 0 for everyone's.
-    pub author_id: i64,
+    /// Only this author's posts, or everyone's.
+    pub author: Option<i64>,
     /// Start after this `(create_time, id)`; `None` for the first page.
     pub after: Option<(i64, i64)>,
     /// At most this many posts.
@@ -144,8 +144,8 @@ pub trait Store: Send + Sync + 'static {
     async fn post(&self, id: i64) -> Result<Option<PostRecord>>;
     /// A page of posts, newest first, with the number matching in all.
     async fn list_posts(&self, listing: Listing) -> Result<Page>;
-    /// How many posts `author_id` (0 = everyone) has.
-    async fn count_posts(&self, author_id: i64) -> Result<i64>;
+    /// How many posts `author` (or everyone, for `None`) has.
+    async fn count_posts(&self, author: Option<i64>) -> Result<i64>;
     /// Whether an author is known.
     async fn author_exists(&self, id: i64) -> Result<bool>;
     /// Changes what is `Some`, if `author_id` wrote the post: the check and

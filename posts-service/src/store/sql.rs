@@ -213,12 +213,12 @@ where
 
     async fn list_posts(&self, listing: Listing) -> Result<Page> {
         let (time, id) = listing.after.unwrap_or((i64::MAX, i64::MAX));
-        let query = match listing.author_id {
-            0 => sqlx::query_as(LIST_POSTS.as_str())
+        let query = match listing.author {
+            None => sqlx::query_as(LIST_POSTS.as_str())
                 .bind(time)
                 .bind(id)
                 .bind(listing.limit),
-            author => sqlx::query_as(LIST_AUTHOR_POSTS.as_str())
+            Some(author) => sqlx::query_as(LIST_AUTHOR_POSTS.as_str())
                 .bind(time)
                 .bind(id)
                 .bind(listing.limit)
@@ -228,7 +228,7 @@ where
         let total_size = match rows.first() {
             Some(row) => row.total_size,
             // An empty page carries no count: ask for it.
-            None => self.count_posts(listing.author_id).await?,
+            None => self.count_posts(listing.author).await?,
         };
         Ok(Page {
             posts: rows.into_iter().map(|row| row.post).collect(),
@@ -236,16 +236,19 @@ where
         })
     }
 
-    async fn count_posts(&self, author_id: i64) -> Result<i64> {
-        let count = if author_id == 0 {
-            sqlx::query_scalar("SELECT COUNT(*) FROM posts")
-                .fetch_one(&self.read)
-                .await?
-        } else {
-            sqlx::query_scalar("SELECT COUNT(*) FROM posts WHERE author_id = $1")
-                .bind(author_id)
-                .fetch_one(&self.read)
-                .await?
+    async fn count_posts(&self, author: Option<i64>) -> Result<i64> {
+        let count = match author {
+            None => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM posts")
+                    .fetch_one(&self.read)
+                    .await?
+            }
+            Some(author) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM posts WHERE author_id = $1")
+                    .bind(author)
+                    .fetch_one(&self.read)
+                    .await?
+            }
         };
         Ok(count)
     }
