@@ -6,8 +6,9 @@ use std::{sync::Arc, time::Duration};
 use posts_service::{
     domain::{Content, Title},
     error::Error,
-    store::{self, Caller, Listing, ReplicaChange, RevocationSnapshot, Store},
+    store::{self, Listing, ReplicaChange, RevocationSnapshot, Store},
 };
+use shared::CurrentUser;
 use testkit::TestDatabase;
 
 async fn open(db: &TestDatabase) -> Arc<dyn Store> {
@@ -60,13 +61,23 @@ fn title(s: &str) -> Title {
     Title::parse(s.into()).unwrap()
 }
 
+/// The verified caller `id`, named `username` by their token.
+fn caller(id: i64, username: &str) -> CurrentUser {
+    CurrentUser {
+        id,
+        username: username.into(),
+        session_id: format!("session-{id}"),
+        expires_at: i64::MAX,
+    }
+}
+
 fn content(s: &str) -> Content {
     Content::parse(s.into()).unwrap()
 }
 
 async fn post_by(store: &dyn Store, id: i64, name: &str, t: &str) -> i64 {
     store
-        .create_post(Caller { id, username: name }, &title(t), &content("body"))
+        .create_post(&caller(id, name), &title(t), &content("body"))
         .await
         .unwrap()
         .id
@@ -97,10 +108,7 @@ async fn posts_round_trip_with_their_author(store: Arc<dyn Store>) {
     for _ in 0..2 {
         let written = store
             .create_post(
-                Caller {
-                    id: 9,
-                    username: "carol",
-                },
+                &caller(9, "carol"),
                 &title("Written"),
                 &content("read back"),
             )
@@ -287,14 +295,7 @@ async fn a_deleted_user_loses_posts_and_is_never_recreated(store: Arc<dyn Store>
     assert!(store.post(kept).await.unwrap().is_some());
     // A late token of the deleted user cannot bring them back.
     let late = store
-        .create_post(
-            Caller {
-                id: 1,
-                username: "alice",
-            },
-            &title("ghost"),
-            &content("x"),
-        )
+        .create_post(&caller(1, "alice"), &title("ghost"), &content("x"))
         .await;
     assert!(matches!(late, Err(Error::InvalidToken)), "{late:?}");
     let late_profile = ReplicaChange::Profile {

@@ -12,10 +12,11 @@ use tonic::{Request, Status, metadata::MetadataMap, service::Interceptor};
 use crate::{
     observe::Metrics,
     status,
-    verify::{Identity, Verifier, VerifyError},
+    verify::{Verifier, VerifyError},
 };
 
-/// The verified caller, put in the request extensions by [`AuthInterceptor`].
+/// The verified caller: who a token speaks for, as [`Verifier::verify`]
+/// finds it, put in the request extensions by [`AuthInterceptor`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrentUser {
     /// The user id.
@@ -38,17 +39,6 @@ impl CurrentUser {
     /// The caller, when the request carried a token.
     pub fn optional<T>(request: &Request<T>) -> Option<Self> {
         request.extensions().get::<Self>().cloned()
-    }
-}
-
-impl From<Identity> for CurrentUser {
-    fn from(identity: Identity) -> Self {
-        Self {
-            id: identity.user_id,
-            username: identity.username,
-            session_id: identity.session_id,
-            expires_at: identity.expires_at,
-        }
     }
 }
 
@@ -116,7 +106,7 @@ impl AuthInterceptor {
         else {
             return Ok(None);
         };
-        let identity = self.verifier.verify(token).map_err(|e| {
+        let user = self.verifier.verify(token).map_err(|e| {
             self.refused(e.reason());
             match e {
                 VerifyError::NoKeys => Status::unavailable(status::KEYS_UNAVAILABLE),
@@ -129,7 +119,6 @@ impl AuthInterceptor {
                 _ => status::invalid_token(),
             }
         })?;
-        let user = CurrentUser::from(identity);
         if self
             .revocations
             .as_ref()

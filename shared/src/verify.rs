@@ -20,6 +20,8 @@ use sha2::{Digest, Sha256};
 
 use proto::auth::Jwk;
 
+use crate::current_user::CurrentUser;
+
 /// The largest token accepted, in bytes. Ours are about 500.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// The most clock skew tolerated, in seconds.
@@ -52,19 +54,6 @@ pub struct Claims {
     pub exp: i64,
     /// Unique token id.
     pub jti: String,
-}
-
-/// Who a verified token says the caller is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The user id (`sub`).
-    pub user_id: i64,
-    /// The session id (`sid`).
-    pub session_id: String,
-    /// The username at issue time (`preferred_username`).
-    pub username: String,
-    /// When the token expires, seconds since the epoch.
-    pub expires_at: i64,
 }
 
 /// Why a token was refused. Every variant but [`VerifyError::NoKeys`] means the
@@ -140,7 +129,7 @@ struct KeyState {
     /// Tokens already verified with these keys, by SHA-256: a hit skips the
     /// signature check but not the expiry check. Emptied with every key
     /// change; bounded by [`VERIFIED_CACHE_SIZE`].
-    verified: HashMap<[u8; 32], Identity>,
+    verified: HashMap<[u8; 32], CurrentUser>,
 }
 
 /// Verifies access tokens against a replaceable set of Ed25519 public keys.
@@ -262,7 +251,7 @@ impl Verifier {
     }
 
     /// Checks `token` and returns who it speaks for.
-    pub fn verify(&self, token: &str) -> Result<Identity, VerifyError> {
+    pub fn verify(&self, token: &str) -> Result<CurrentUser, VerifyError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(VerifyError::TooLarge);
         }
@@ -289,7 +278,7 @@ impl Verifier {
         &self,
         keys: &Arc<HashMap<String, DecodingKey>>,
         digest: [u8; 32],
-        identity: &Identity,
+        identity: &CurrentUser,
     ) {
         let mut state = self.write();
         if !Arc::ptr_eq(&state.keys, keys) {
@@ -305,7 +294,7 @@ impl Verifier {
         &self,
         token: &str,
         keys: &HashMap<String, DecodingKey>,
-    ) -> Result<Identity, VerifyError> {
+    ) -> Result<CurrentUser, VerifyError> {
         if keys.is_empty() {
             return Err(VerifyError::NoKeys);
         }
@@ -362,8 +351,8 @@ impl Verifier {
         if claims.sid.is_empty() || claims.jti.is_empty() {
             return Err(VerifyError::Claims("sid/jti".into()));
         }
-        Ok(Identity {
-            user_id,
+        Ok(CurrentUser {
+            id: user_id,
             session_id: claims.sid,
             username: claims.preferred_username,
             expires_at: claims.exp,

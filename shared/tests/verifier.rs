@@ -113,7 +113,7 @@ fn std_header() -> Value {
 fn a_well_formed_token_verifies() {
     let f = fixture();
     let identity = f.verifier.verify(&f.valid()).unwrap();
-    assert_eq!(identity.user_id, 42);
+    assert_eq!(identity.id, 42);
     assert_eq!(identity.session_id, "session-1");
     assert_eq!(identity.username, "alice");
 }

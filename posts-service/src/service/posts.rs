@@ -18,7 +18,7 @@ use shared::{
 use crate::{
     domain::{self, Content, PageToken, Title},
     error::Error,
-    store::{Caller, Listing, PostRecord, Store},
+    store::{Listing, PostRecord, Store},
 };
 
 /// Handlers of `PostService`.
@@ -92,11 +92,7 @@ impl PostService for PostsApi {
         let content = errors.check("content", Content::parse(request.content));
         let (title, content) = errors.finish_with((title, content)).map_err(Error::from)?;
         self.write_allowed(&me).await?;
-        let caller = Caller {
-            id: me.id,
-            username: &me.username,
-        };
-        let created = self.store.create_post(caller, &title, &content).await?;
+        let created = self.store.create_post(&me, &title, &content).await?;
         tracing::info!(post_id = created.id, author_id = me.id, "post created");
         Ok(Response::new(post(created)))
     }

@@ -13,6 +13,7 @@ mod sqlite;
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use shared::CurrentUser;
 
 pub use postgres::PgStore;
 pub use shared::db::now_micros;
@@ -62,16 +63,6 @@ pub(crate) struct ListedPost {
     pub post: PostRecord,
     /// Matching posts over all pages.
     pub total_size: i64,
-}
-
-/// The caller as their token names them, used to create their author row
-/// when their profile event has not arrived yet.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller<'a> {
-    /// User id.
-    pub id: i64,
-    /// `preferred_username` of the token.
-    pub username: &'a str,
 }
 
 /// Which posts a listing covers.
@@ -132,11 +123,12 @@ pub trait Store: Send + Sync + 'static {
     /// How busy the connection pool is.
     fn pool_status(&self) -> shared::db::PoolStatus;
 
-    /// Creates a post by `caller`, creating their author row from the token
-    /// if absent. [`Error::InvalidToken`] if the caller has been deleted.
+    /// Creates a post by `caller`, creating their author row from the
+    /// token's username if absent (the profile event has not arrived yet).
+    /// [`Error::InvalidToken`] if the caller has been deleted.
     async fn create_post(
         &self,
-        caller: Caller<'_>,
+        caller: &CurrentUser,
         title: &Title,
         content: &Content,
     ) -> Result<PostRecord>;

@@ -7,12 +7,11 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use shared::db::Backend;
+use shared::{CurrentUser, db::Backend};
 use sqlx::{ColumnIndex, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
 
 use super::{
-    Caller, ListedPost, Listing, Page, PostRecord, ReplicaChange, RevocationSnapshot, Store,
-    now_micros,
+    ListedPost, Listing, Page, PostRecord, ReplicaChange, RevocationSnapshot, Store, now_micros,
 };
 use crate::{
     domain::{Content, Title},
@@ -166,7 +165,7 @@ where
 
     async fn create_post(
         &self,
-        caller: Caller<'_>,
+        caller: &CurrentUser,
         title: &Title,
         content: &Content,
     ) -> Result<PostRecord> {
@@ -191,7 +190,7 @@ where
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(caller.id)
-        .bind(caller.username)
+        .bind(caller.username.as_str())
         .execute(&mut *tx)
         .await?;
         let post = match Self::insert_post(&mut *tx, caller.id, title, content).await {
