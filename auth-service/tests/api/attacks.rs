@@ -10,15 +10,13 @@ use proto::auth::{
     LoginRequest, RequestPasswordResetRequest, ResetPasswordRequest, SetAvatarRequest,
     UpdateMeRequest, auth_service_client::AuthServiceClient,
 };
-use testkit::{
-    TestDatabase,
-    smtp::{SmtpSink, reset_token},
-};
+use testkit::{TestDatabase, smtp::reset_token};
 use tonic::{Code, Request, Status, transport::Channel};
 use tonic_types::StatusExt;
 
 use crate::helpers::{
-    TestApp, TestUser, assert_status, bearer, spawn_app, spawn_app_with, violated_fields,
+    TestApp, TestUser, app_with_mail, assert_status, bearer, spawn_app, spawn_app_with,
+    violated_fields,
 };
 
 /// A client on a connection of its own, from `local` (any 127.0.0.0/8
@@ -579,12 +577,7 @@ async fn throttling_does_not_tell_which_email_belongs_to_which_username() {
 
 #[tokio::test]
 async fn changing_the_email_takes_the_password_and_voids_mailed_links() {
-    let sink = SmtpSink::start().await;
-    let url = sink.url.clone();
-    let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
-        config.auth.mail.smtp_url = Some(url.into());
-    })
-    .await;
+    let (app, sink) = app_with_mail().await;
     let (user, _, tokens) = app.signed_up().await;
     app.auth
         .clone()
@@ -680,12 +673,7 @@ async fn re_authentication_is_throttled_like_login() {
 
 #[tokio::test]
 async fn reset_mail_spam_sends_a_few_and_keeps_the_first_link_working() {
-    let sink = SmtpSink::start().await;
-    let url = sink.url.clone();
-    let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
-        config.auth.mail.smtp_url = Some(url.into());
-    })
-    .await;
+    let (app, sink) = app_with_mail().await;
     let (user, _, _) = app.signed_up().await;
     let mut refused = 0;
     for _ in 0..51 {

@@ -101,6 +101,18 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
     }
 }
 
+/// Starts an auth-service that mails through a real SMTP server on
+/// loopback, and that server.
+pub async fn app_with_mail() -> (TestApp, testkit::smtp::SmtpSink) {
+    let sink = testkit::smtp::SmtpSink::start().await;
+    let url = sink.url.clone();
+    let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
+        config.auth.mail.smtp_url = Some(url.into());
+    })
+    .await;
+    (app, sink)
+}
+
 /// A user with unique credentials.
 #[derive(Debug, Clone)]
 pub struct TestUser {

@@ -13,20 +13,11 @@ use testkit::{
 use tonic::{Code, Status};
 
 use crate::helpers::{
-    TestApp, TestUser, assert_status, bearer, spawn_app, spawn_app_with, violated_fields,
+    TestApp, TestUser, app_with_mail, assert_status, bearer, spawn_app, spawn_app_with,
+    violated_fields,
 };
 
 const INVALID: &str = "Invalid or expired reset token";
-
-async fn app_with_mail() -> (TestApp, SmtpSink) {
-    let sink = SmtpSink::start().await;
-    let url = sink.url.clone();
-    let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
-        config.auth.mail.smtp_url = Some(url.into());
-    })
-    .await;
-    (app, sink)
-}
 
 async fn request(app: &TestApp, email: &str) -> Result<(), Status> {
     app.auth
