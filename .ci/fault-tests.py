@@ -12,6 +12,7 @@
 
 import os
 import secrets
+import socket
 import signal
 import subprocess
 import sys
@@ -30,7 +31,15 @@ CLUSTER = os.listdir("/etc/postgresql")[0]
 SUFFIX = secrets.token_hex(4)
 DBS = {"auth": f"auth_fault_{SUFFIX}", "posts": f"posts_fault_{SUFFIX}"}
 PG = "postgres://postgres@127.0.0.1:5432"
-AUTH, POSTS = "127.0.0.1:50061", "127.0.0.1:50062"
+def free_port():
+    """A port nothing holds now. Fixed ports in the ephemeral range can be
+    taken by any outgoing connection (a database pool's, say) at any time."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+AUTH, POSTS = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
 WORK = f"/tmp/blog-fault-{SUFFIX}"
 ENV = dict(
     os.environ,
