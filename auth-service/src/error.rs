@@ -70,11 +70,6 @@ pub enum Error {
     Internal(#[from] anyhow::Error),
 }
 
-/// `wait` in whole seconds, rounded up as the `RetryInfo` says it.
-fn whole_seconds(wait: std::time::Duration) -> u64 {
-    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-}
-
 /// The result of every fallible operation in the service.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -109,12 +104,15 @@ impl From<Error> for Status {
             Error::Throttled(wait) => status::resource_exhausted(
                 format!(
                     "Too many failed attempts; try again in {} s",
-                    whole_seconds(wait)
+                    status::whole_seconds(wait)
                 ),
                 wait,
             ),
             Error::RateLimited { what, retry_after } => status::resource_exhausted(
-                format!("{what}; try again in {} s", whole_seconds(retry_after)),
+                format!(
+                    "{what}; try again in {} s",
+                    status::whole_seconds(retry_after)
+                ),
                 retry_after,
             ),
             Error::Busy(wait) => status::resource_exhausted("Server busy; try again shortly", wait),

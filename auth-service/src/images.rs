@@ -147,11 +147,6 @@ impl Inspected {
     }
 }
 
-/// Turns an upload into the stored avatar: a 300x300 JPEG.
-pub fn to_avatar(upload: &[u8]) -> Result<Vec<u8>, ImageError> {
-    inspect(upload.to_vec())?.to_avatar()
-}
-
 /// The largest centred square of `image`, resampled to the avatar's size
 /// without copying it first. The common 8-bit layouts are read directly;
 /// others through a per-pixel conversion.
@@ -193,6 +188,11 @@ mod tests {
     use image::{ImageEncoder, Rgba, RgbaImage};
 
     use super::*;
+
+    /// The whole conversion of an upload, as the service runs it.
+    fn to_avatar(upload: &[u8]) -> Result<Vec<u8>, ImageError> {
+        inspect(upload.to_vec())?.to_avatar()
+    }
 
     fn encoded(image: DynamicImage, format: ImageFormat) -> Vec<u8> {
         let mut bytes = Cursor::new(Vec::new());

@@ -43,9 +43,6 @@ use tower::{Layer, Service};
 
 use crate::methods;
 
-/// How long a client may take to send its request message after its headers,
-/// before the allowance for large messages ([`SLOW_BYTES_PER_SEC`]).
-pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Each this many bytes received extend a call's message deadline by a
 /// second, so a large upload over a slow link still arrives.
 pub const SLOW_BYTES_PER_SEC: usize = 64 * 1024;

@@ -219,11 +219,6 @@ pub fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-/// Microseconds since the epoch from a protobuf timestamp.
-pub fn micros(timestamp: &prost_types::Timestamp) -> i64 {
-    timestamp.seconds * 1_000_000 + i64::from(timestamp.nanos) / 1_000
-}
-
 /// A protobuf timestamp from microseconds since the epoch.
 pub fn timestamp(micros: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {

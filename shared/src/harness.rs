@@ -200,7 +200,13 @@ pub async fn serve(
     } = service;
     let (grpc_addr, http_addr) = (listeners.grpc_addr(), listeners.http_addr());
 
+    // Everything that can fail comes before anything starts, so a failure
+    // here leaves nothing running.
     let (reporter, health) = tonic_health::server::health_reporter();
+    let routes = routes.add_service(health);
+    let router = crate::server::builder(config, metrics, tls)?.add_routes(routes);
+    let router = crate::server::with_reflection(router, config.reflection, &advertised)?;
+
     // The first report before the port opens: nobody sees a stale SERVING.
     report(&reporter, &advertised, readiness.is_ready()).await;
     {
@@ -211,10 +217,6 @@ pub async fn serve(
         });
     }
     let http_task = crate::http::spawn(listeners.http, http, tasks.stopping());
-
-    let routes = routes.add_service(health);
-    let router = crate::server::builder(config, metrics, tls)?.add_routes(routes);
-    let router = crate::server::with_reflection(router, config.reflection, &advertised)?;
     let stop = tasks.stopping();
     let server = {
         let stop = stop.clone();

@@ -39,12 +39,16 @@ pub fn internal(cause: &dyn std::fmt::Debug) -> Status {
     Status::internal(INTERNAL)
 }
 
+/// `wait` in whole seconds, rounded up: what a `RetryInfo` says, so that a
+/// client never retries early.
+pub fn whole_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 /// `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` saying when to try
 /// again, in whole seconds rounded up so that a client never retries early.
 pub fn resource_exhausted(message: impl Into<String>, retry_after: std::time::Duration) -> Status {
-    let retry_after = std::time::Duration::from_secs(
-        retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
-    );
+    let retry_after = std::time::Duration::from_secs(whole_seconds(retry_after));
     Status::with_error_details(
         Code::ResourceExhausted,
         message,

@@ -152,7 +152,10 @@ impl PostService for PostsApi {
         let mut posts = Vec::new();
         let mut bytes = 0;
         let mut cut = false;
+        // `(create_time, id)` of the last post taken: where the next page starts.
+        let mut last = None;
         for record in page.posts.into_iter().take(page_size as usize) {
+            let position = (record.create_time, record.id);
             let post = post(record);
             let size = post.encoded_len() + 8;
             if !posts.is_empty() && bytes + size > domain::MAX_PAGE_BYTES {
@@ -161,11 +164,12 @@ impl PostService for PostsApi {
             }
             bytes += size;
             posts.push(post);
+            last = Some(position);
         }
-        let next_page_token = match posts.last() {
-            Some(last) if more || cut => PageToken {
-                create_time: last.create_time.as_ref().map_or(0, shared::db::micros),
-                id: last.id,
+        let next_page_token = match last {
+            Some((create_time, id)) if more || cut => PageToken {
+                create_time,
+                id,
                 author_id,
             }
             .encode(),
