@@ -52,7 +52,7 @@ use proto::auth::{
     user_service_server::UserServiceServer,
 };
 use shared::{
-    AuthInterceptor,
+    AuthInterceptor, CurrentUser,
     harness::{self, Listeners, Readiness, Tasks},
     limits::{Key, Limiter, MemoryLimiter, Rate},
     observe::Metrics,
@@ -104,6 +104,15 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The caller's own account; a token whose account is gone is an
+    /// invalid token.
+    pub async fn my_account(&self, me: &CurrentUser) -> Result<store::UserRecord> {
+        self.store
+            .user_by_id(me.id)
+            .await?
+            .ok_or(Error::InvalidToken)
+    }
+
     /// Takes one unit of `key`'s allowance under `rate`, or refuses with
     /// `what` as the reason.
     pub async fn rate_limit(&self, key: Key, rate: Rate, what: &'static str) -> Result<()> {

@@ -108,12 +108,7 @@ impl AuthService for AuthApi {
         let new = errors.check("new_password", Password::parse(request.new_password));
         let (current, new) = errors.finish_with((current, new)).map_err(Error::from)?;
 
-        let user = self
-            .state
-            .store
-            .user_by_id(me.id)
-            .await?
-            .ok_or(Error::InvalidToken)?;
+        let user = self.state.my_account(&me).await?;
         self.state
             .credentials
             .reauthenticate(

@@ -114,12 +114,7 @@ impl UserService for UsersApi {
     #[tracing::instrument(skip_all)]
     async fn get_me(&self, request: Request<GetMeRequest>) -> Result<Response<User>, Status> {
         let me = self.state.sessions.require_live(&request).await?;
-        let user = self
-            .state
-            .store
-            .user_by_id(me.id)
-            .await?
-            .ok_or(Error::InvalidToken)?;
+        let user = self.state.my_account(&me).await?;
         Ok(Response::new(self.user(user)))
     }
 
@@ -142,12 +137,7 @@ impl UserService for UsersApi {
             .and_then(|raw| errors.check("password", Password::presented(raw)));
         errors.finish().map_err(Error::from)?;
 
-        let user = self
-            .state
-            .store
-            .user_by_id(me.id)
-            .await?
-            .ok_or(Error::InvalidToken)?;
+        let user = self.state.my_account(&me).await?;
         let email = email.filter(|email| email.as_str() != user.email);
         if username.is_none() && email.is_none() {
             return Ok(Response::new(self.user(user)));
@@ -190,12 +180,7 @@ impl UserService for UsersApi {
         let address = request.remote_addr().map(|a| a.ip());
         let password = Password::presented(request.into_inner().password)
             .map_err(|e| Error::from(FieldErrors::single("password", e)))?;
-        let user = self
-            .state
-            .store
-            .user_by_id(me.id)
-            .await?
-            .ok_or(Error::InvalidToken)?;
+        let user = self.state.my_account(&me).await?;
         self.state
             .credentials
             .reauthenticate(&user, &password, address, "password", INCORRECT)
