@@ -110,7 +110,12 @@ pub fn watch(
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-fn to_wire(sequence: i64, time: i64, change: UserChange, avatars: &Avatars) -> pb::UserEvent {
+fn to_wire(
+    sequence: i64,
+    time: shared::time::Timestamp,
+    change: UserChange,
+    avatars: &Avatars,
+) -> pb::UserEvent {
     let event = match change {
         UserChange::UserUpserted {
             user_id,
@@ -132,7 +137,7 @@ fn to_wire(sequence: i64, time: i64, change: UserChange, avatars: &Avatars) -> p
     };
     pb::UserEvent {
         sequence,
-        time: Some(shared::db::timestamp(time)),
+        time: Some(time.into()),
         event: Some(event),
     }
 }

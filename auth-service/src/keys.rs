@@ -3,23 +3,18 @@
 //! signs with the same key. The private half never leaves this service; the
 //! public halves are published as a JWK set.
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{
+    SigningKey,
+    pkcs8::{DecodePrivateKey, EncodePrivateKey},
+};
 use jsonwebtoken::EncodingKey;
-use sha2::{Digest, Sha256};
 
 use proto::auth::Jwk;
 
 use crate::{
     error::Result,
-    store::{KeyRecord, Store, now_micros},
+    store::{KeyRecord, Store},
 };
-
-/// DER prefix of a PKCS#8 v1 Ed25519 private key (RFC 8410 §7); the 32-byte
-/// seed follows it.
-const PKCS8_ED25519_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
 
 /// The key that signs new tokens, and every public key that verifies them.
 pub struct KeyRing {
@@ -49,10 +44,13 @@ impl KeyRing {
     pub async fn from_file(pem_file: &std::path::Path, store: &dyn Store) -> Result<Self> {
         let pem = std::fs::read_to_string(pem_file)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", pem_file.display()))?;
-        let seed = seed_from_pem(&pem).ok_or_else(|| {
-            anyhow::anyhow!("{} is not an Ed25519 PKCS#8 PEM key", pem_file.display())
+        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not an Ed25519 PKCS#8 PEM key: {e}",
+                pem_file.display()
+            )
         })?;
-        let from_file = record(seed);
+        let from_file = record(key.to_bytes());
         let mut records = vec![from_file.clone()];
         records.extend(
             store
@@ -73,12 +71,13 @@ impl KeyRing {
             .as_slice()
             .try_into()
             .map_err(|_| anyhow::anyhow!("signing key {} is not a 32-byte seed", newest.kid))?;
-        let mut der = PKCS8_ED25519_PREFIX.to_vec();
-        der.extend_from_slice(&seed);
+        let der = SigningKey::from_bytes(&seed)
+            .to_pkcs8_der()
+            .map_err(|e| anyhow::anyhow!("encoding signing key {}: {e}", newest.kid))?;
         Ok(Self {
             kid: newest.kid.clone(),
-            signing: EncodingKey::from_ed_der(&der),
-            jwks: records.iter().map(|r| jwk(&r.kid, &r.public_key)).collect(),
+            signing: EncodingKey::from_ed_der(der.as_bytes()),
+            jwks: records.iter().map(published).collect::<Result<_>>()?,
         })
     }
 
@@ -98,48 +97,28 @@ pub fn generate() -> KeyRecord {
     record(shared::secret::random_bytes::<32>())
 }
 
-/// The 32-byte seed of a PKCS#8 v1 Ed25519 private key in PEM.
-fn seed_from_pem(pem: &str) -> Option<[u8; 32]> {
-    use base64::engine::general_purpose::STANDARD;
-    let body: String = pem
-        .lines()
-        .map(str::trim)
-        .skip_while(|l| *l != "-----BEGIN PRIVATE KEY-----")
-        .skip(1)
-        .take_while(|l| *l != "-----END PRIVATE KEY-----")
-        .collect();
-    let der = STANDARD.decode(body).ok()?;
-    let seed = der.strip_prefix(&PKCS8_ED25519_PREFIX[..])?;
-    seed.try_into().ok()
-}
-
 /// The key pair of `seed`.
 fn record(seed: [u8; 32]) -> KeyRecord {
     let public_key = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+    let kid = shared::jwk::ed25519(&public_key).common.key_id;
     KeyRecord {
-        kid: thumbprint(&public_key),
+        kid: kid.expect("a key's JWK has its thumbprint as kid"),
         private_key: seed.to_vec(),
         public_key: public_key.to_vec(),
-        create_time: now_micros(),
+        create_time: shared::time::Timestamp::now(),
     }
 }
 
-/// The RFC 7638 JWK thumbprint of an Ed25519 public key (RFC 8037 §2).
-fn thumbprint(public_key: &[u8]) -> String {
-    let x = URL_SAFE_NO_PAD.encode(public_key);
-    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
-    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
-}
-
-fn jwk(kid: &str, public_key: &[u8]) -> Jwk {
-    Jwk {
-        kty: "OKP".into(),
-        crv: "Ed25519".into(),
-        kid: kid.into(),
-        alg: "EdDSA".into(),
-        r#use: "sig".into(),
-        x: URL_SAFE_NO_PAD.encode(public_key),
-    }
+/// The published JWK of a stored key, under its stored `kid`.
+fn published(record: &KeyRecord) -> Result<Jwk> {
+    let public_key: &[u8; 32] = record
+        .public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("public key {} is not 32 bytes", record.kid))?;
+    let mut jwk = shared::jwk::ed25519(public_key);
+    jwk.common.key_id = Some(record.kid.clone());
+    Ok(shared::jwk::to_wire(&jwk))
 }
 
 #[cfg(test)]
@@ -149,7 +128,7 @@ mod tests {
     #[test]
     fn key_ring_signs_with_the_newest_key_and_publishes_all() {
         let mut old = generate();
-        old.create_time -= 1;
+        old.create_time = old.create_time - std::time::Duration::from_micros(1);
         let new = generate();
         let ring = KeyRing::from_records(&[new.clone(), old.clone()]).unwrap();
         assert_eq!(ring.signer().0, new.kid);
@@ -160,26 +139,18 @@ mod tests {
 
     #[test]
     fn pkcs8_pem_keys_are_read_and_anything_else_refused() {
-        // RFC 8410 §10.3: the private key of the RFC 8032 test vector 1.
+        // The example private key of RFC 8410 §10.3.
         let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
-        let seed = seed_from_pem(pem).unwrap();
+        let seed = SigningKey::from_pkcs8_pem(pem).unwrap().to_bytes();
         assert_eq!(seed[0], 0xd4);
         assert_eq!(seed[31], 0x42);
+        assert_eq!(record(seed).kid.len(), 43);
         assert!(
-            seed_from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----").is_none()
+            SigningKey::from_pkcs8_pem(
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"
+            )
+            .is_err()
         );
-        assert!(seed_from_pem("not a key").is_none());
-    }
-
-    #[test]
-    fn thumbprint_matches_rfc_8037_example() {
-        // RFC 8037 appendix A.3.
-        let x = URL_SAFE_NO_PAD
-            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
-            .unwrap();
-        assert_eq!(
-            thumbprint(&x),
-            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
-        );
+        assert!(SigningKey::from_pkcs8_pem("not a key").is_err());
     }
 }

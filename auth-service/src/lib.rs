@@ -156,11 +156,14 @@ impl Application {
             None => KeyRing::load_or_create(store.as_ref()).await,
         };
         let keys = Arc::new(keys.context("loading signing keys")?);
-        let verifier = Arc::new(Verifier::new(
-            &config.common.token_issuer,
-            &config.common.token_audience,
-            config.common.token_leeway,
-        ));
+        let verifier = Arc::new(
+            Verifier::new(
+                &config.common.token_issuer,
+                &config.common.token_audience,
+                config.common.token_leeway,
+            )
+            .with_clock(config.common.clock.clone()),
+        );
         verifier
             .set_keys(keys.jwks())
             .context("loading our own public keys")?;
@@ -169,6 +172,7 @@ impl Application {
             config.common.token_issuer.clone(),
             config.common.token_audience.clone(),
             config.common.access_token_ttl,
+            config.common.clock.clone(),
         ));
         let internal_token = config
             .common
@@ -195,16 +199,20 @@ impl Application {
             .mail_from
             .parse()
             .context("MAIL_FROM is not a mail address")?;
-        let limiter: Arc<dyn Limiter> = Arc::new(MemoryLimiter::new());
-        let resets = Arc::new(PasswordResets::new(
-            store.clone(),
-            mailer,
-            from,
-            &config.auth.mail.frontend_url,
-            config.auth.mail.password_reset_ttl,
-            limiter.clone(),
-            config.auth.limits.reset_mails(),
-        ));
+        let limiter: Arc<dyn Limiter> =
+            Arc::new(MemoryLimiter::with_clock(config.common.clock.clone()));
+        let resets = Arc::new(
+            PasswordResets::new(
+                store.clone(),
+                mailer,
+                from,
+                &config.auth.mail.frontend_url,
+                config.auth.mail.password_reset_ttl,
+                limiter.clone(),
+                config.auth.limits.reset_mails(),
+            )
+            .with_clock(config.common.clock.clone()),
+        );
         let mut metrics = Metrics::new();
         let login_failures = Counter::default();
         metrics.registry_mut().register(
@@ -225,7 +233,12 @@ impl Application {
             credentials,
             limiter,
             limits: config.auth.limits.clone(),
-            sessions: SessionManager::new(store.clone(), tokens.clone(), config.auth.session_ttl),
+            sessions: SessionManager::new(
+                store.clone(),
+                tokens.clone(),
+                config.auth.session_ttl,
+                config.common.clock.clone(),
+            ),
             store,
             passwords,
             tokens,

@@ -60,7 +60,7 @@ impl Mailer for FileMailer {
             .with_context(|| format!("creating {}", self.dir.display()))?;
         let name = format!(
             "{}-{}.eml",
-            shared::db::now_micros(),
+            shared::time::Timestamp::now().as_micros(),
             URL_SAFE_NO_PAD.encode(shared::secret::random_bytes::<6>())
         );
         let path = self.dir.join(name);

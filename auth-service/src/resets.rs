@@ -16,13 +16,14 @@ use tokio::sync::Semaphore;
 use shared::{
     limits::{Key, Limiter, Rate},
     secret::{random_token, sha256},
+    time::Clock,
 };
 
 use crate::{
     domain::Email,
     error::{Error, Result},
     mail::{self, Mailer},
-    store::{Store, now_micros},
+    store::Store,
 };
 
 /// Issues and redeems password-reset tokens.
@@ -44,6 +45,8 @@ pub struct PasswordResets {
     /// Bounds the requests being worked on in the background, so a flood
     /// of requests cannot pile up tasks, database work and mail.
     in_flight: Arc<Semaphore>,
+    /// Where the time comes from.
+    clock: Clock,
 }
 
 /// Most reset requests worked on at once; beyond it they are dropped (the
@@ -70,7 +73,14 @@ impl PasswordResets {
             limiter,
             mails_per_account,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            clock: Clock::system(),
         }
+    }
+
+    /// The same flow, reading the time from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Starts a reset for `email` in the background and returns at once.
@@ -128,8 +138,8 @@ impl PasswordResets {
             return Ok(());
         }
         let token = random_token();
-        let now = now_micros();
-        let expire_time = now + self.ttl.as_micros() as i64;
+        let now = self.clock.now();
+        let expire_time = now + self.ttl;
         self.store
             .add_reset_token(user.id, &sha256(&token), now, expire_time)
             .await?;
@@ -150,14 +160,14 @@ impl PasswordResets {
     /// new password for it.
     pub async fn is_live(&self, token: &str) -> Result<bool> {
         self.store
-            .reset_token_is_live(&sha256(token), now_micros())
+            .reset_token_is_live(&sha256(token), self.clock.now())
             .await
     }
 
     /// Redeems `token` with the hash of the new password.
     pub async fn reset(&self, token: &str, new_hash: &str) -> Result<i64> {
         self.store
-            .reset_password(&sha256(token), now_micros(), new_hash)
+            .reset_password(&sha256(token), self.clock.now(), new_hash)
             .await?
             .ok_or(Error::InvalidResetToken)
     }

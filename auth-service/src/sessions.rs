@@ -14,11 +14,12 @@ use proto::auth::TokenResponse;
 use shared::{
     CurrentUser,
     secret::{random_bytes, random_token, sha256},
+    time::{Clock, Timestamp},
 };
 
 use crate::{
     error::{Error, Result},
-    store::{NewSession, Rotation, Sessions, Store, now_micros},
+    store::{NewSession, Rotation, Sessions, Store},
     tokens::AccessTokens,
 };
 
@@ -30,19 +31,31 @@ pub struct SessionManager {
     tokens: Arc<AccessTokens>,
     /// Absolute lifetime of a session (and so of its refresh tokens).
     ttl: Duration,
+    /// Where the time comes from.
+    clock: Clock,
 }
 
 impl SessionManager {
     /// A manager issuing sessions of `ttl`.
-    pub fn new(store: Arc<dyn Store>, tokens: Arc<AccessTokens>, ttl: Duration) -> Self {
-        Self { store, tokens, ttl }
+    pub fn new(
+        store: Arc<dyn Store>,
+        tokens: Arc<AccessTokens>,
+        ttl: Duration,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            store,
+            tokens,
+            ttl,
+            clock,
+        }
     }
 
     /// Starts a session for an authenticated user.
     pub async fn start(&self, user_id: i64, username: &str) -> Result<TokenResponse> {
         let session_id = URL_SAFE_NO_PAD.encode(random_bytes::<16>());
         let refresh_token = random_token();
-        let expire_time = now_micros() + self.ttl.as_micros() as i64;
+        let expire_time = self.clock.now() + self.ttl;
         self.store
             .create_session(NewSession {
                 id: &session_id,
@@ -59,7 +72,7 @@ impl SessionManager {
         let next = random_token();
         let rotation = self
             .store
-            .rotate_refresh_token(&sha256(refresh_token), &sha256(&next), now_micros())
+            .rotate_refresh_token(&sha256(refresh_token), &sha256(&next), self.clock.now())
             .await?;
         match rotation {
             Rotation::Rotated(session) => self.respond(
@@ -89,7 +102,7 @@ impl SessionManager {
         let user = CurrentUser::require(request).map_err(|_| Error::NotAuthenticated)?;
         if self
             .store
-            .session_is_live(&user.session_id, user.id, now_micros())
+            .session_is_live(&user.session_id, user.id, self.clock.now())
             .await?
         {
             Ok(user)
@@ -103,19 +116,18 @@ impl SessionManager {
         user_id: i64,
         username: &str,
         session_id: &str,
-        expire_time: i64,
+        expire_time: Timestamp,
         refresh_token: String,
     ) -> Result<TokenResponse> {
-        let session_end = expire_time.div_euclid(1_000_000);
         let access = self
             .tokens
-            .issue(user_id, username, session_id, session_end)?;
+            .issue(user_id, username, session_id, expire_time)?;
         Ok(TokenResponse {
             access_token: access.token,
             token_type: "Bearer".into(),
             expires_in: access.expires_in,
             refresh_token,
-            refresh_expires_in: ((expire_time - now_micros()) / 1_000_000).max(0),
+            refresh_expires_in: expire_time.since(self.clock.now()).as_secs() as i64,
         })
     }
 }

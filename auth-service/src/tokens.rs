@@ -7,7 +7,10 @@ use anyhow::Context;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, Header};
 
-use shared::verify::{ACCESS_TOKEN_TYPE, Claims, unix_now};
+use shared::{
+    time::{Clock, Timestamp},
+    verify::{ACCESS_TOKEN_TYPE, Claims},
+};
 
 use crate::{error::Result, keys::KeyRing};
 
@@ -21,6 +24,8 @@ pub struct AccessTokens {
     audience: String,
     /// How long a token lives.
     ttl: Duration,
+    /// Where the time comes from.
+    clock: Clock,
 }
 
 /// A signed access token.
@@ -34,27 +39,34 @@ pub struct AccessToken {
 
 impl AccessTokens {
     /// An issuer signing with `keys`.
-    pub fn new(keys: Arc<KeyRing>, issuer: String, audience: String, ttl: Duration) -> Self {
+    pub fn new(
+        keys: Arc<KeyRing>,
+        issuer: String,
+        audience: String,
+        ttl: Duration,
+        clock: Clock,
+    ) -> Self {
         Self {
             keys,
             issuer,
             audience,
             ttl,
+            clock,
         }
     }
 
     /// A token for `user_id` in `session_id`, expiring after the configured
-    /// lifetime or when the session ends (seconds since the epoch), whichever
-    /// comes first.
+    /// lifetime or when the session ends, whichever comes first.
     pub fn issue(
         &self,
         user_id: i64,
         username: &str,
         session_id: &str,
-        session_end: i64,
+        session_end: Timestamp,
     ) -> Result<AccessToken> {
-        let now = unix_now();
-        let exp = (now + self.ttl.as_secs() as i64).min(session_end);
+        // JWT times are whole seconds since the epoch.
+        let now = self.clock.now().unix_seconds();
+        let exp = (now + self.ttl.as_secs() as i64).min(session_end.unix_seconds());
         let (kid, key) = self.keys.signer();
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(ACCESS_TOKEN_TYPE.into());

@@ -3,6 +3,7 @@
 //! exactly as given, and never holds NUL.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use shared::time::Timestamp;
 
 /// A post title: 1-100 characters, not blank.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +79,7 @@ pub fn page_size(raw: i32) -> Result<i64, &'static str> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageToken {
     /// Creation time of the last post of the previous page.
-    pub create_time: i64,
+    pub create_time: Timestamp,
     /// Id of the last post of the previous page.
     pub id: i64,
     /// The filter the token was issued for.
@@ -95,7 +96,7 @@ impl PageToken {
     pub fn encode(&self) -> String {
         let mut bytes = Vec::with_capacity(PAGE_TOKEN_LEN);
         bytes.push(PAGE_TOKEN_VERSION);
-        bytes.extend_from_slice(&self.create_time.to_be_bytes());
+        bytes.extend_from_slice(&self.create_time.as_micros().to_be_bytes());
         bytes.extend_from_slice(&self.id.to_be_bytes());
         bytes.extend_from_slice(&self.author_id.to_be_bytes());
         URL_SAFE_NO_PAD.encode(bytes)
@@ -117,11 +118,11 @@ impl PageToken {
             i64::from_be_bytes(bytes[start..start + 8].try_into().expect("8 bytes"))
         };
         let token = Self {
-            create_time: field(0),
+            create_time: Timestamp::from_micros(field(0)),
             id: field(1),
             author_id: field(2),
         };
-        if token.author_id != author_id || token.id <= 0 || token.create_time < 0 {
+        if token.author_id != author_id || token.id <= 0 || token.create_time < Timestamp::EPOCH {
             return Err(BAD);
         }
         Ok(token)
@@ -159,7 +160,7 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_and_are_bound_to_their_filter() {
         let token = PageToken {
-            create_time: 1_700_000_000_123_456,
+            create_time: Timestamp::from_micros(1_700_000_000_123_456),
             id: 42,
             author_id: 7,
         };
@@ -192,7 +193,7 @@ mod properties {
 
         #[test]
         fn page_tokens_round_trip(create_time in 0i64.., id in 1i64.., author_id in 0i64..) {
-            let token = PageToken { create_time, id, author_id };
+            let token = PageToken { create_time: Timestamp::from_micros(create_time), id, author_id };
             prop_assert_eq!(PageToken::decode(&token.encode(), author_id), Ok(token));
         }
 

@@ -17,13 +17,11 @@ use axum::{
 };
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
+use shared::time::Timestamp;
 
 use shared::{harness::Readiness, observe::Metrics};
 
-use crate::{
-    replica::ReplicaStatus,
-    store::{Store, now_micros},
-};
+use crate::{replica::ReplicaStatus, store::Store};
 
 /// What the HTTP side reads.
 #[derive(Clone)]
@@ -107,10 +105,11 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
         .set(replica.last_sequence.load(Ordering::Relaxed));
     let last = replica.last_event_time.load(Ordering::Relaxed);
     if last > 0 {
-        state
-            .stream
-            .lag_seconds
-            .set((now_micros() - last).max(0) as f64 / 1e6);
+        state.stream.lag_seconds.set(
+            Timestamp::now()
+                .since(Timestamp::from_micros(last))
+                .as_secs_f64(),
+        );
     }
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     shared::http::metrics_response(&state.metrics, state.store.pool_status(), accept)

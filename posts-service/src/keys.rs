@@ -6,12 +6,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use proto::auth::{GetJwksRequest, Jwk, auth_service_client::AuthServiceClient};
+use proto::auth::{GetJwksRequest, auth_service_client::AuthServiceClient};
 use shared::{trace::TraceContext, verify::Verifier};
 
 use crate::{backoff, store::Store};
@@ -31,7 +30,7 @@ pub async fn load_cached(store: &dyn Store, verifier: &Verifier) -> bool {
             return false;
         }
     };
-    match decode(&cached).map(|keys| verifier.set_keys(&keys)) {
+    match shared::jwk::from_document(&cached).map(|keys| verifier.set_keys(&keys)) {
         Some(Ok(_)) => {
             tracing::info!("verifying tokens with cached keys until the auth-service answers");
             true
@@ -101,7 +100,7 @@ async fn fetch(
     }
     // The set rarely changes: only a new one is cached and logged.
     if verifier.set_keys(&keys)? {
-        if let Err(e) = store.save_jwks(&encode(&keys)).await {
+        if let Err(e) = store.save_jwks(&shared::jwk::to_document(&keys)).await {
             tracing::warn!(error = %e, "cannot cache the fetched keys");
         }
         tracing::info!(
@@ -113,42 +112,9 @@ async fn fetch(
     Ok(())
 }
 
-/// The stored form of a key set: a standard JWKS document.
-fn encode(keys: &[Jwk]) -> String {
-    let keys: Vec<Value> = keys
-        .iter()
-        .map(|k| json!({"kty": k.kty, "crv": k.crv, "kid": k.kid, "alg": k.alg, "use": k.r#use, "x": k.x}))
-        .collect();
-    json!({ "keys": keys }).to_string()
-}
-
-fn decode(json: &str) -> Option<Vec<Jwk>> {
-    let document: Value = serde_json::from_str(json).ok()?;
-    let field = |key: &Value, name: &str| {
-        key.get(name)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let keys = document
-        .get("keys")?
-        .as_array()?
-        .iter()
-        .map(|k| Jwk {
-            kty: field(k, "kty"),
-            crv: field(k, "crv"),
-            kid: field(k, "kid"),
-            alg: field(k, "alg"),
-            r#use: field(k, "use"),
-            x: field(k, "x"),
-        })
-        .collect();
-    Some(keys)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use proto::auth::Jwk;
 
     #[test]
     fn key_sets_survive_their_stored_form() {
@@ -160,7 +126,10 @@ mod tests {
             r#use: "sig".into(),
             x: "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo".into(),
         }];
-        assert_eq!(decode(&encode(&keys)), Some(keys));
-        assert_eq!(decode("not json"), None);
+        assert_eq!(
+            shared::jwk::from_document(&shared::jwk::to_document(&keys)),
+            Some(keys)
+        );
+        assert_eq!(shared::jwk::from_document("not json"), None);
     }
 }

@@ -48,6 +48,7 @@ use shared::{
     harness::{self, Listeners, Readiness, Tasks},
     limits::MemoryLimiter,
     observe::Metrics,
+    time::Timestamp,
     verify::Verifier,
 };
 
@@ -56,7 +57,7 @@ pub use config::Config;
 use crate::{
     replica::{Replica, ReplicaStatus},
     revocations::Revocations,
-    store::{Store, now_micros},
+    store::Store,
 };
 
 /// The largest request message accepted, in bytes.
@@ -106,7 +107,7 @@ impl Application {
         let window = revocation_window(&config);
         revocations.load(
             store
-                .revocations(now_micros(), window)
+                .revocations(Timestamp::now(), window)
                 .await
                 .context("loading revocations")?,
             window,
@@ -239,7 +240,7 @@ impl Application {
         let routes = Routes::new(InterceptedService::new(
             PostServiceServer::new(service::PostsApi::new(
                 store,
-                Arc::new(MemoryLimiter::new()),
+                Arc::new(MemoryLimiter::with_clock(config.common.clock.clone())),
                 config.posts.post_writes(),
             ))
             // The largest valid request (a 20,000-character post of 4-byte
@@ -262,9 +263,9 @@ impl Application {
 }
 
 /// How long a revocation must be remembered: the longest a token issued
-/// before it can live, plus the clock skew tolerated. Microseconds.
-fn revocation_window(config: &Config) -> i64 {
-    (config.common.access_token_ttl + config.common.token_leeway).as_micros() as i64
+/// before it can live, plus the clock skew tolerated.
+fn revocation_window(config: &Config) -> Duration {
+    config.common.access_token_ttl + config.common.token_leeway
 }
 
 /// Forgets, now and then, revocations whose tokens have all expired.
@@ -278,7 +279,7 @@ async fn prune_revocations(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
-        let now = now_micros();
+        let now = Timestamp::now();
         revocations.prune(now);
         if let Err(e) = store.prune_revocations(now).await {
             tracing::warn!(error = %e, "cannot prune revocations");

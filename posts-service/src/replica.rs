@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use shared::trace::TraceContext;
+use shared::{time::Timestamp, trace::TraceContext};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, transport::Channel};
 
@@ -25,7 +25,7 @@ use proto::auth::{
 use crate::{
     backoff,
     revocations::Revocations,
-    store::{ReplicaChange, Store, now_micros},
+    store::{ReplicaChange, Store},
 };
 
 /// How the stream is doing, for health reports and metrics.
@@ -50,8 +50,8 @@ pub struct Replica {
     /// The in-memory revocations the interceptor reads.
     pub revocations: Arc<Revocations>,
     /// How long after a revocation its tokens may still be presented
-    /// (token lifetime plus leeway), microseconds.
-    pub window: i64,
+    /// (token lifetime plus leeway).
+    pub window: Duration,
     /// Shared status.
     pub status: Arc<ReplicaStatus>,
 }
@@ -116,9 +116,7 @@ impl Replica {
     }
 
     async fn apply(&self, event: UserEvent) -> anyhow::Result<()> {
-        let time = event.time.map_or_else(now_micros, |t| {
-            t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000
-        });
+        let time = event.time.map_or_else(Timestamp::now, Timestamp::from);
         let Some(change) = event.event.map(|e| self.change(e, time)) else {
             tracing::warn!(
                 sequence = event.sequence,
@@ -134,19 +132,21 @@ impl Replica {
                 ..
             } => self.revocations.revoke_sessions(session_ids, *expire_time),
             ReplicaChange::UserDeleted { id, time } => {
-                self.revocations.user_deleted(*id, time + self.window)
+                self.revocations.user_deleted(*id, *time + self.window)
             }
             ReplicaChange::Profile { .. } => {}
         }
         self.status
             .last_sequence
             .store(event.sequence, Ordering::Relaxed);
-        self.status.last_event_time.store(time, Ordering::Relaxed);
+        self.status
+            .last_event_time
+            .store(time.as_micros(), Ordering::Relaxed);
         tracing::debug!(sequence = event.sequence, applied, "user event");
         Ok(())
     }
 
-    fn change(&self, event: Event, time: i64) -> ReplicaChange {
+    fn change(&self, event: Event, time: Timestamp) -> ReplicaChange {
         match event {
             Event::UserUpserted(profile) => ReplicaChange::Profile {
                 id: profile.id,

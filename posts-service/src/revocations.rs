@@ -3,25 +3,28 @@
 //! from the database at start and fed by the event replica; an entry lives
 //! until every token it could refuse has expired.
 
-use std::{collections::HashMap, sync::RwLock};
+use std::{collections::HashMap, sync::RwLock, time::Duration};
 
-use shared::current_user::{CurrentUser, RevocationCheck};
+use shared::{
+    current_user::{CurrentUser, RevocationCheck},
+    time::Timestamp,
+};
 
 use crate::store::RevocationSnapshot;
 
 /// The revocations in force.
 #[derive(Debug, Default)]
 pub struct Revocations {
-    /// Revoked session id -> when its last token expires (microseconds).
-    sessions: RwLock<HashMap<String, i64>>,
-    /// Deleted user id -> until when to refuse their tokens (microseconds).
-    users: RwLock<HashMap<i64, i64>>,
+    /// Revoked session id -> when its last token expires.
+    sessions: RwLock<HashMap<String, Timestamp>>,
+    /// Deleted user id -> until when to refuse their tokens.
+    users: RwLock<HashMap<i64, Timestamp>>,
 }
 
 impl Revocations {
     /// Replaces everything with `snapshot`; deleted users are refused for
-    /// `window` microseconds after their deletion.
-    pub fn load(&self, snapshot: RevocationSnapshot, window: i64) {
+    /// `window` after their deletion.
+    pub fn load(&self, snapshot: RevocationSnapshot, window: Duration) {
         *self.sessions.write().unwrap_or_else(|e| e.into_inner()) =
             snapshot.sessions.into_iter().collect();
         *self.users.write().unwrap_or_else(|e| e.into_inner()) = snapshot
@@ -32,7 +35,7 @@ impl Revocations {
     }
 
     /// Refuses these sessions' tokens until `until`.
-    pub fn revoke_sessions(&self, ids: &[String], until: i64) {
+    pub fn revoke_sessions(&self, ids: &[String], until: Timestamp) {
         let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
         for id in ids {
             sessions.insert(id.clone(), until);
@@ -40,7 +43,7 @@ impl Revocations {
     }
 
     /// Refuses every token of `user_id` until `until`.
-    pub fn user_deleted(&self, user_id: i64, until: i64) {
+    pub fn user_deleted(&self, user_id: i64, until: Timestamp) {
         self.users
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -48,7 +51,7 @@ impl Revocations {
     }
 
     /// Forgets entries whose tokens have all expired by `now`.
-    pub fn prune(&self, now: i64) {
+    pub fn prune(&self, now: Timestamp) {
         self.sessions
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -101,12 +104,12 @@ mod tests {
     #[test]
     fn revoked_sessions_and_deleted_users_are_refused_until_pruned() {
         let revocations = Revocations::default();
-        revocations.revoke_sessions(&["s1".into()], 100);
-        revocations.user_deleted(7, 200);
+        revocations.revoke_sessions(&["s1".into()], Timestamp::from_micros(100));
+        revocations.user_deleted(7, Timestamp::from_micros(200));
         assert!(revocations.is_revoked(&user(1, "s1")));
         assert!(revocations.is_revoked(&user(7, "s9")));
         assert!(!revocations.is_revoked(&user(1, "s2")));
-        revocations.prune(150);
+        revocations.prune(Timestamp::from_micros(150));
         assert!(!revocations.is_revoked(&user(1, "s1")));
         assert!(revocations.is_revoked(&user(7, "s9")));
         assert_eq!(revocations.len(), (0, 1));

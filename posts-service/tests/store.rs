@@ -8,7 +8,7 @@ use posts_service::{
     error::Error,
     store::{self, Listing, ReplicaChange, RevocationSnapshot, Store},
 };
-use shared::CurrentUser;
+use shared::{CurrentUser, time::Timestamp};
 use testkit::TestDatabase;
 
 async fn open(db: &TestDatabase) -> Arc<dyn Store> {
@@ -287,7 +287,13 @@ async fn a_deleted_user_loses_posts_and_is_never_recreated(store: Arc<dyn Store>
     post_by(store.as_ref(), 1, "alice", "A").await;
     let kept = post_by(store.as_ref(), 2, "bob", "B").await;
     store
-        .apply_event(1, &ReplicaChange::UserDeleted { id: 1, time: 1_000 })
+        .apply_event(
+            1,
+            &ReplicaChange::UserDeleted {
+                id: 1,
+                time: at(1_000),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(store.count_posts(Some(1)).await.unwrap(), 0);
@@ -307,32 +313,53 @@ async fn a_deleted_user_loses_posts_and_is_never_recreated(store: Arc<dyn Store>
     assert!(!store.author_exists(1).await.unwrap());
 }
 
+fn at(micros: i64) -> Timestamp {
+    Timestamp::from_micros(micros)
+}
+
+fn micros(n: u64) -> Duration {
+    Duration::from_micros(n)
+}
+
 async fn revocations_are_kept_until_they_expire(store: Arc<dyn Store>) {
     let revoke = ReplicaChange::SessionsRevoked {
         user_id: 1,
         session_ids: vec!["s1".into(), "s2".into()],
-        expire_time: 1_000,
+        expire_time: at(1_000),
     };
     store.apply_event(1, &revoke).await.unwrap();
     store
-        .apply_event(2, &ReplicaChange::UserDeleted { id: 9, time: 500 })
+        .apply_event(
+            2,
+            &ReplicaChange::UserDeleted {
+                id: 9,
+                time: at(500),
+            },
+        )
         .await
         .unwrap();
-    let snapshot = store.revocations(999, 600).await.unwrap();
+    let snapshot = store.revocations(at(999), micros(600)).await.unwrap();
     let mut sessions = snapshot.sessions.clone();
     sessions.sort();
     assert_eq!(
         sessions,
-        [("s1".to_string(), 1_000), ("s2".to_string(), 1_000)]
+        [("s1".to_string(), at(1_000)), ("s2".to_string(), at(1_000))]
     );
-    assert_eq!(snapshot.deleted_users, [(9, 500)]);
+    assert_eq!(snapshot.deleted_users, [(9, at(500))]);
     // Past the window the deleted user no longer needs refusing.
     assert_eq!(
-        store.revocations(1_200, 600).await.unwrap(),
+        store.revocations(at(1_200), micros(600)).await.unwrap(),
         RevocationSnapshot::default()
     );
-    assert_eq!(store.prune_revocations(1_000).await.unwrap(), 2);
-    assert!(store.revocations(0, 0).await.unwrap().sessions.is_empty());
+    assert_eq!(store.prune_revocations(at(1_000)).await.unwrap(), 2);
+    assert!(
+        store
+            .revocations(at(0), Duration::ZERO)
+            .await
+            .unwrap()
+            .sessions
+            .is_empty()
+    );
 }
 
 async fn key_cache_round_trips(store: Arc<dyn Store>) {

@@ -63,6 +63,10 @@ pub struct CommonConfig {
     /// calls are refused at once with RESOURCE_EXHAUSTED rather than queued.
     #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 1024)]
     pub max_concurrent_calls: usize,
+    /// Where the services read the time; tests advance it instead of
+    /// sleeping.
+    #[arg(skip)]
+    pub clock: crate::time::Clock,
     /// Connections are closed (gracefully) after this many seconds, so
     /// clients rebalance across replicas.
     #[arg(long = "max-connection-age-secs", env = "MAX_CONNECTION_AGE_SECS", default_value = "1800", value_parser = seconds)]

@@ -210,23 +210,6 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
-/// The current time in microseconds since the epoch: the unit every stored
-/// time uses, identical on both backends so ordering and cursors are exact.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
-/// A protobuf timestamp from microseconds since the epoch.
-pub fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,7 +237,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "blog-db-test-{}-{}",
             std::process::id(),
-            now_micros()
+            crate::time::Timestamp::now().as_micros()
         ));
         let url = format!("sqlite://{}/test.db", dir.display());
         let pools = open_sqlite(&url, Duration::from_secs(5)).await.unwrap();

@@ -16,7 +16,9 @@
 //! - [`http`]: the plain HTTP side's server and `/metrics` response.
 //! - [`config`]: settings both services read, and logging setup.
 //! - [`db`]: opening databases, classifying their errors, stored times.
+//! - [`time`]: the one timestamp type, stored and sent.
 //! - [`trace`]: W3C trace context, to follow work across both services.
+//! - [`jwk`]: Ed25519 public keys as JWKs, with RFC 7638 thumbprints.
 //! - [`secret`]: random tokens, hashing and constant-time comparison.
 
 pub mod admission;
@@ -27,12 +29,14 @@ pub mod current_user;
 pub mod db;
 pub mod harness;
 pub mod http;
+pub mod jwk;
 pub mod limits;
 pub mod methods;
 pub mod observe;
 pub mod secret;
 pub mod server;
 pub mod status;
+pub mod time;
 pub mod trace;
 pub mod verify;
 

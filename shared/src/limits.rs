@@ -20,6 +20,8 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use crate::time::Clock;
+
 /// Entries one in-memory limiter keeps, each a few dozen bytes.
 pub const MAX_ENTRIES: usize = 100_000;
 
@@ -207,12 +209,22 @@ impl Entry {
 pub struct MemoryLimiter {
     /// Entries by key.
     entries: Mutex<HashMap<Key, Entry>>,
+    /// Where time comes from.
+    clock: Clock,
 }
 
 impl MemoryLimiter {
     /// An empty limiter.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty limiter that reads the time from `clock`.
+    pub fn with_clock(clock: Clock) -> Self {
+        Self {
+            clock,
+            ..Self::default()
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
@@ -290,7 +302,7 @@ fn refund(entries: &mut HashMap<Key, Entry>, key: &Key) {
 #[async_trait]
 impl Limiter for MemoryLimiter {
     async fn take(&self, key: Key, rate: Rate) -> Result<Result<(), Duration>, Unavailable> {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut entries = self.lock();
         make_room(&mut entries, 1, now);
         let tat = match entries.get(&key) {
@@ -317,7 +329,7 @@ impl Limiter for MemoryLimiter {
         guess: Guess,
         policy: GuessPolicy,
     ) -> Result<Result<Charged, Duration>, Unavailable> {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut entries = self.lock();
         make_room(&mut entries, 3, now);
         let (pair, pair_last) = failures(&entries, &guess.pair, now);

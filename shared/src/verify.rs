@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use proto::auth::Jwk;
 
-use crate::current_user::CurrentUser;
+use crate::{current_user::CurrentUser, time::Clock};
 
 /// The largest token accepted, in bytes. Ours are about 500.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -145,6 +145,8 @@ pub struct Verifier {
     validation: Validation,
     /// Tolerated clock skew, seconds.
     leeway: i64,
+    /// Where the time checked against `exp` and `nbf` comes from.
+    clock: Clock,
 }
 
 impl Verifier {
@@ -168,7 +170,14 @@ impl Verifier {
             loaded: tokio::sync::watch::Sender::new(false),
             validation,
             leeway: leeway as i64,
+            clock: Clock::system(),
         }
+    }
+
+    /// The same verifier, reading the time from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, KeyState> {
@@ -259,7 +268,7 @@ impl Verifier {
         let cached = self.read().verified.get(&digest).cloned();
         if let Some(identity) = cached {
             // The same bytes passed every check before; only time has moved.
-            return if identity.expires_at + self.leeway < unix_now() {
+            return if identity.expires_at + self.leeway < self.clock.now().unix_seconds() {
                 Err(VerifyError::Expired)
             } else {
                 Ok(identity)
@@ -335,7 +344,7 @@ impl Verifier {
         // jsonwebtoken has checked `exp` and `nbf`; repeat them on our typed
         // claims so the rule does not rest on one library's defaults, and add
         // the one it does not make (`iat` in the future).
-        let now = unix_now();
+        let now = self.clock.now().unix_seconds();
         if claims.exp + self.leeway < now {
             return Err(VerifyError::Expired);
         }
@@ -360,14 +369,6 @@ impl Verifier {
     }
 }
 
-/// The current time in whole seconds since the epoch.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use jsonwebtoken::{EncodingKey, Header};
@@ -388,16 +389,16 @@ mod tests {
             r#use: "sig".into(),
             x: URL_SAFE_NO_PAD.encode(public),
         };
-        // PKCS#8 v1 prefix of an Ed25519 seed (RFC 8410).
-        let mut der = vec![
-            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
-            0x04, 0x20,
-        ];
-        der.extend_from_slice(&seed);
+        let der = {
+            use ed25519_dalek::pkcs8::EncodePrivateKey;
+            ed25519_dalek::SigningKey::from_bytes(&seed)
+                .to_pkcs8_der()
+                .unwrap()
+        };
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(ACCESS_TOKEN_TYPE.into());
         header.kid = Some(kid.into());
-        let now = unix_now();
+        let now = crate::time::Timestamp::now().unix_seconds();
         let claims = Claims {
             iss: "iss".into(),
             aud: "aud".into(),
@@ -410,7 +411,8 @@ mod tests {
             jti: "j".into(),
         };
         let token =
-            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&der)).unwrap();
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(der.as_bytes()))
+                .unwrap();
         (jwk, token)
     }
 

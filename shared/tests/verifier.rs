@@ -7,16 +7,27 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use proto::auth::Jwk;
-use shared::verify::{Verifier, VerifyError, unix_now};
+use shared::{
+    time::Clock,
+    verify::{Verifier, VerifyError},
+};
+
+fn unix_now() -> i64 {
+    shared::time::Timestamp::now().unix_seconds()
+}
 
 const ISS: &str = "blog-auth";
 const AUD: &str = "blog";
 const KID: &str = "test-key-1";
 
-/// PKCS#8 v1 prefix for an Ed25519 seed (RFC 8410).
-const PKCS8_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
+/// The jsonwebtoken signing key for an Ed25519 seed.
+fn signing_key(seed: &[u8; 32]) -> EncodingKey {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let der = ed25519_dalek::SigningKey::from_bytes(seed)
+        .to_pkcs8_der()
+        .unwrap();
+    EncodingKey::from_ed_der(der.as_bytes())
+}
 
 struct Fixture {
     verifier: Verifier,
@@ -42,11 +53,9 @@ fn fixture() -> Fixture {
     let public_x = URL_SAFE_NO_PAD.encode(public);
     let verifier = Verifier::new(ISS, AUD, std::time::Duration::from_secs(5));
     verifier.set_keys(&[jwk(KID, &public_x)]).unwrap();
-    let mut der = PKCS8_PREFIX.to_vec();
-    der.extend_from_slice(&seed);
     Fixture {
         verifier,
-        signing: EncodingKey::from_ed_der(&der),
+        signing: signing_key(&seed),
         public_x,
     }
 }
@@ -378,9 +387,7 @@ fn jku_and_jwk_headers_are_never_followed() {
             .verifying_key()
             .to_bytes(),
     );
-    let mut der = PKCS8_PREFIX.to_vec();
-    der.extend_from_slice(&attacker_seed);
-    let attacker = EncodingKey::from_ed_der(&der);
+    let attacker = signing_key(&attacker_seed);
     let mut header = std_header();
     header["jku"] = json!("http://127.0.0.1:1/jwks.json");
     header["jwk"] = json!({"kty": "OKP", "crv": "Ed25519", "x": attacker_x, "kid": KID});
@@ -512,12 +519,13 @@ fn refetching_the_same_keys_changes_nothing_and_keeps_remembered_tokens() {
 #[test]
 fn a_remembered_token_still_expires() {
     let f = fixture();
-    let verifier = Verifier::new(ISS, AUD, std::time::Duration::ZERO);
+    let clock = Clock::adjustable();
+    let verifier = Verifier::new(ISS, AUD, std::time::Duration::ZERO).with_clock(clock.clone());
     verifier.set_keys(&[jwk(KID, &f.public_x)]).unwrap();
     let mut claims = claims();
-    claims["exp"] = json!(unix_now() + 1);
+    claims["exp"] = json!(unix_now() + 60);
     let token = f.sign(&header(), &claims);
     assert!(verifier.verify(&token).is_ok());
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    clock.advance(std::time::Duration::from_secs(61));
     assert_eq!(verifier.verify(&token), Err(VerifyError::Expired));
 }

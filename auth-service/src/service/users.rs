@@ -14,7 +14,6 @@ use crate::{
     AppState,
     domain::{Email, Password, Username},
     error::Error,
-    service::timestamp,
     store::{NewUser, UserRecord},
 };
 
@@ -39,7 +38,7 @@ impl UsersApi {
             avatar_url: self.state.avatars.url(record.avatar_key.as_deref()),
             username: record.username,
             email: record.email,
-            create_time: timestamp(record.create_time),
+            create_time: Some(record.create_time.into()),
         }
     }
 }

@@ -13,10 +13,10 @@ mod sqlite;
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use shared::time::Timestamp;
 use tokio::sync::watch;
 
 pub use postgres::PgStore;
-pub use shared::db::now_micros;
 pub use sqlite::SqliteStore;
 
 use crate::{
@@ -38,8 +38,8 @@ pub struct UserRecord {
     pub password_hash: String,
     /// Object key of the profile picture, if any.
     pub avatar_key: Option<String>,
-    /// Creation time, microseconds since the epoch.
-    pub create_time: i64,
+    /// Creation time.
+    pub create_time: Timestamp,
 }
 
 /// A user after an update, and the email it had before.
@@ -71,8 +71,8 @@ pub struct NewSession<'a> {
     pub user_id: i64,
     /// SHA-256 of the first refresh token.
     pub refresh_hash: &'a [u8],
-    /// The absolute end of the session, microseconds since the epoch.
-    pub expire_time: i64,
+    /// The absolute end of the session.
+    pub expire_time: Timestamp,
 }
 
 /// A live session, as found when rotating its refresh token.
@@ -84,8 +84,8 @@ pub struct SessionRecord {
     pub user_id: i64,
     /// The user's current username.
     pub username: String,
-    /// The absolute end of the session, microseconds since the epoch.
-    pub expire_time: i64,
+    /// The absolute end of the session.
+    pub expire_time: Timestamp,
 }
 
 /// What became of a presented refresh token.
@@ -121,8 +121,8 @@ pub struct KeyRecord {
     pub private_key: Vec<u8>,
     /// The 32-byte Ed25519 public key.
     pub public_key: Vec<u8>,
-    /// Creation time, microseconds since the epoch.
-    pub create_time: i64,
+    /// Creation time.
+    pub create_time: Timestamp,
 }
 
 impl std::fmt::Debug for KeyRecord {
@@ -139,8 +139,8 @@ impl std::fmt::Debug for KeyRecord {
 pub struct EventRecord {
     /// Position in the outbox; strictly increasing in commit order.
     pub sequence: i64,
-    /// Commit time, microseconds since the epoch.
-    pub time: i64,
+    /// Commit time.
+    pub time: Timestamp,
     /// What changed.
     pub change: UserChange,
 }
@@ -196,11 +196,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         user_id: i64,
         token_hash: &[u8],
-        now: i64,
-        expire_time: i64,
+        now: Timestamp,
+        expire_time: Timestamp,
     ) -> Result<()>;
     /// Whether a reset token exists and has not expired by `now`.
-    async fn reset_token_is_live(&self, token_hash: &[u8], now: i64) -> Result<bool>;
+    async fn reset_token_is_live(&self, token_hash: &[u8], now: Timestamp) -> Result<bool>;
     /// Gives users stored before skeletons existed theirs; returns how many.
     async fn backfill_username_skeletons(&self) -> Result<usize>;
     /// Uses a reset token: if it exists and has not expired by `now`, sets
@@ -210,7 +210,7 @@ pub trait Store: Send + Sync + 'static {
     async fn reset_password(
         &self,
         token_hash: &[u8],
-        now: i64,
+        now: Timestamp,
         new_hash: &str,
     ) -> Result<Option<i64>>;
     /// Sets (`Some`) or clears (`None`) a user's avatar key; a change is an
@@ -226,14 +226,15 @@ pub trait Store: Send + Sync + 'static {
     /// Records a new session and its first refresh token.
     async fn create_session(&self, session: NewSession<'_>) -> Result<()>;
     /// Whether this session of this user exists and has not ended by `now`.
-    async fn session_is_live(&self, session_id: &str, user_id: i64, now: i64) -> Result<bool>;
+    async fn session_is_live(&self, session_id: &str, user_id: i64, now: Timestamp)
+    -> Result<bool>;
     /// Uses the refresh token with hash `old_hash` and makes `new_hash` the
     /// session's next one, detecting reuse.
     async fn rotate_refresh_token(
         &self,
         old_hash: &[u8],
         new_hash: &[u8],
-        now: i64,
+        now: Timestamp,
     ) -> Result<Rotation>;
     /// Ends sessions of a user (a `sessions_revoked` event when any ended).
     async fn end_sessions(&self, user_id: i64, which: Sessions<'_>) -> Result<Vec<String>>;

@@ -6,13 +6,12 @@
 //! [`super::sqlite`]) which pools there are.
 
 use async_trait::async_trait;
-use shared::db::Backend;
+use shared::{db::Backend, time::Timestamp};
 use sqlx::{ColumnIndex, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
 use tokio::sync::watch;
 
 use super::{
-    EventRecord, KeyRecord, NewSession, NewUser, Rotation, Sessions, Store, UpdatedUser,
-    UserRecord, now_micros,
+    EventRecord, KeyRecord, NewSession, NewUser, Rotation, Sessions, Store, UpdatedUser, UserRecord,
 };
 use crate::{
     domain::{Email, LoginName, Username, skeleton},
@@ -37,6 +36,7 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     i64: Type<DB> + for<'e> Encode<'e, DB>,
+    Timestamp: Type<DB> + for<'e> Encode<'e, DB>,
     String: Type<DB> + for<'e> Encode<'e, DB>,
     for<'a> &'a str: Type<DB> + Encode<'a, DB>,
     for<'a> Option<&'a str>: Type<DB> + Encode<'a, DB>,
@@ -49,10 +49,10 @@ where
     (String,): for<'r> FromRow<'r, DB::Row>,
     (Option<String>,): for<'r> FromRow<'r, DB::Row>,
     (bool, bool): for<'r> FromRow<'r, DB::Row>,
-    (i64, i64): for<'r> FromRow<'r, DB::Row>,
+    (i64, Timestamp): for<'r> FromRow<'r, DB::Row>,
     (i64, String): for<'r> FromRow<'r, DB::Row>,
-    (i64, i64, String): for<'r> FromRow<'r, DB::Row>,
-    (String, i64, String, i64): for<'r> FromRow<'r, DB::Row>,
+    (i64, Timestamp, String): for<'r> FromRow<'r, DB::Row>,
+    (String, i64, String, Timestamp): for<'r> FromRow<'r, DB::Row>,
     usize: ColumnIndex<DB::Row>,
 {
     /// A store over these pools, with every username given its skeleton.
@@ -69,31 +69,7 @@ where
     async fn begin_write(&self) -> Result<Transaction<'static, DB>> {
         Ok(self.write.begin_with(DB::BEGIN_WRITE).await?)
     }
-}
 
-impl<DB: Backend> SqlStore<DB>
-where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    i64: Type<DB> + for<'e> Encode<'e, DB>,
-    String: Type<DB> + for<'e> Encode<'e, DB>,
-    for<'a> &'a str: Type<DB> + Encode<'a, DB>,
-    for<'a> Option<&'a str>: Type<DB> + Encode<'a, DB>,
-    Option<String>: Type<DB> + for<'e> Encode<'e, DB>,
-    for<'a> &'a [u8]: Type<DB> + Encode<'a, DB>,
-    for<'a> &'a Vec<u8>: Type<DB> + Encode<'a, DB>,
-    UserRecord: for<'r> FromRow<'r, DB::Row>,
-    KeyRecord: for<'r> FromRow<'r, DB::Row>,
-    (i64,): for<'r> FromRow<'r, DB::Row>,
-    (String,): for<'r> FromRow<'r, DB::Row>,
-    (Option<String>,): for<'r> FromRow<'r, DB::Row>,
-    (bool, bool): for<'r> FromRow<'r, DB::Row>,
-    (i64, i64): for<'r> FromRow<'r, DB::Row>,
-    (i64, String): for<'r> FromRow<'r, DB::Row>,
-    (i64, i64, String): for<'r> FromRow<'r, DB::Row>,
-    (String, i64, String, i64): for<'r> FromRow<'r, DB::Row>,
-    usize: ColumnIndex<DB::Row>,
-{
     /// Appends `change` to the outbox inside `tx`; returns its sequence.
     async fn record(tx: &mut Transaction<'static, DB>, change: &UserChange) -> Result<i64> {
         if let Some(lock) = DB::LOCK_LOG {
@@ -102,7 +78,7 @@ where
         let sequence = sqlx::query_scalar(
             "INSERT INTO user_events (time, payload) VALUES ($1, $2) RETURNING sequence",
         )
-        .bind(now_micros())
+        .bind(Timestamp::now())
         .bind(change.to_json())
         .fetch_one(&mut **tx)
         .await?;
@@ -169,6 +145,7 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     i64: Type<DB> + for<'e> Encode<'e, DB>,
+    Timestamp: Type<DB> + for<'e> Encode<'e, DB>,
     String: Type<DB> + for<'e> Encode<'e, DB>,
     for<'a> &'a str: Type<DB> + Encode<'a, DB>,
     for<'a> Option<&'a str>: Type<DB> + Encode<'a, DB>,
@@ -181,10 +158,10 @@ where
     (String,): for<'r> FromRow<'r, DB::Row>,
     (Option<String>,): for<'r> FromRow<'r, DB::Row>,
     (bool, bool): for<'r> FromRow<'r, DB::Row>,
-    (i64, i64): for<'r> FromRow<'r, DB::Row>,
+    (i64, Timestamp): for<'r> FromRow<'r, DB::Row>,
     (i64, String): for<'r> FromRow<'r, DB::Row>,
-    (i64, i64, String): for<'r> FromRow<'r, DB::Row>,
-    (String, i64, String, i64): for<'r> FromRow<'r, DB::Row>,
+    (i64, Timestamp, String): for<'r> FromRow<'r, DB::Row>,
+    (String, i64, String, Timestamp): for<'r> FromRow<'r, DB::Row>,
     usize: ColumnIndex<DB::Row>,
 {
     async fn ping(&self) -> Result<()> {
@@ -198,7 +175,7 @@ where
 
     async fn create_user(&self, user: NewUser<'_>) -> Result<UserRecord> {
         let mut tx = self.begin_write().await?;
-        let now = now_micros();
+        let now = Timestamp::now();
         let created: UserRecord = sqlx::query_as("INSERT INTO users (username, username_key, username_skeleton, email, password_hash, create_time, update_time) \
                      VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id, username, email, password_hash, avatar_key, create_time")
                 .bind(user.username.as_str())
@@ -284,7 +261,7 @@ where
                 .bind(username.map(|u| u.key()))
                 .bind(username.map(|u| u.skeleton()))
                 .bind(email.map(|e| e.as_str()))
-                .bind(now_micros())
+                .bind(Timestamp::now())
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(on_unique_violation)?;
@@ -340,7 +317,7 @@ where
             sqlx::query("UPDATE users SET password_hash = $2, update_time = $3 WHERE id = $1")
                 .bind(user_id)
                 .bind(hash)
-                .bind(now_micros())
+                .bind(Timestamp::now())
                 .execute(&mut *tx)
                 .await?;
         if DB::rows_affected(&updated) == 0 {
@@ -359,8 +336,8 @@ where
         &self,
         user_id: i64,
         token_hash: &[u8],
-        now: i64,
-        expire_time: i64,
+        now: Timestamp,
+        expire_time: Timestamp,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM password_resets WHERE user_id = $1 AND expire_time <= $2")
@@ -380,7 +357,7 @@ where
         self.commit(tx, None).await
     }
 
-    async fn reset_token_is_live(&self, token_hash: &[u8], now: i64) -> Result<bool> {
+    async fn reset_token_is_live(&self, token_hash: &[u8], now: Timestamp) -> Result<bool> {
         let found: Option<i64> = sqlx::query_scalar(
             "SELECT user_id FROM password_resets WHERE token_hash = $1 AND expire_time > $2",
         )
@@ -425,13 +402,13 @@ where
     async fn reset_password(
         &self,
         token_hash: &[u8],
-        now: i64,
+        now: Timestamp,
         new_hash: &str,
     ) -> Result<Option<i64>> {
         let mut tx = self.begin_write().await?;
         // Taking the token out first makes it single-use even under
         // concurrent attempts.
-        let claimed: Option<(i64, i64)> = sqlx::query_as(
+        let claimed: Option<(i64, Timestamp)> = sqlx::query_as(
             "DELETE FROM password_resets WHERE token_hash = $1 RETURNING user_id, expire_time",
         )
         .bind(token_hash)
@@ -483,7 +460,7 @@ where
         let user: UserRecord = sqlx::query_as("UPDATE users SET avatar_key = $2, update_time = $3 WHERE id = $1 RETURNING id, username, email, password_hash, avatar_key, create_time")
                 .bind(user_id)
                 .bind(key)
-                .bind(now_micros())
+                .bind(Timestamp::now())
                 .fetch_one(&mut *tx)
                 .await?;
         let change = UserChange::UserUpserted {
@@ -503,7 +480,7 @@ where
         )
         .bind(session.id)
         .bind(session.user_id)
-        .bind(now_micros())
+        .bind(Timestamp::now())
         .bind(session.expire_time)
         .execute(&mut *tx)
         .await?;
@@ -515,7 +492,12 @@ where
         self.commit(tx, None).await
     }
 
-    async fn session_is_live(&self, session_id: &str, user_id: i64, now: i64) -> Result<bool> {
+    async fn session_is_live(
+        &self,
+        session_id: &str,
+        user_id: i64,
+        now: Timestamp,
+    ) -> Result<bool> {
         let found: Option<String> = sqlx::query_scalar(
             "SELECT id FROM sessions WHERE id = $1 AND user_id = $2 AND expire_time > $3",
         )
@@ -531,7 +513,7 @@ where
         &self,
         old_hash: &[u8],
         new_hash: &[u8],
-        now: i64,
+        now: Timestamp,
     ) -> Result<Rotation> {
         use crate::store::{Rotation, SessionRecord, Sessions};
         let mut tx = self.begin_write().await?;
@@ -568,7 +550,7 @@ where
             return Ok(Rotation::Reused);
         };
 
-        let session: Option<(String, i64, String, i64)> = sqlx::query_as(
+        let session: Option<(String, i64, String, Timestamp)> = sqlx::query_as(
             "SELECT s.id, s.user_id, u.username, s.expire_time \
                      FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
         )
@@ -630,7 +612,7 @@ where
     }
 
     async fn events_after(&self, sequence: i64, limit: i64) -> Result<Vec<EventRecord>> {
-        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+        let rows: Vec<(i64, Timestamp, String)> = sqlx::query_as(
                     "SELECT sequence, time, payload FROM user_events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
                 )
                 .bind(sequence)

@@ -313,23 +313,14 @@ async fn a_token_issued_before_a_restart_still_verifies_after_it() {
 
 #[tokio::test]
 async fn a_signing_key_from_a_file_signs_and_is_published() {
-    use base64::engine::general_purpose::STANDARD;
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
     let seed = [42u8; 32];
-    let mut der = vec![
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-        0x20,
-    ];
-    der.extend_from_slice(&seed);
+    let pem = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .to_pkcs8_pem(LineEnding::LF)
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("signing_key.pem");
-    std::fs::write(
-        &file,
-        format!(
-            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-            STANDARD.encode(der)
-        ),
-    )
-    .unwrap();
+    std::fs::write(&file, pem.as_bytes()).unwrap();
 
     let app = crate::helpers::spawn_app_with(testkit::TestDatabase::new("auth").await, |config| {
         config.auth.signing_key_file = Some(file.clone());
@@ -411,6 +402,6 @@ async fn repeated_failed_logins_are_throttled_with_a_retry_delay() {
         Code::ResourceExhausted
     );
 
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    app.clock.advance(std::time::Duration::from_secs(2));
     app.login(&user.username, &user.password).await.unwrap();
 }

@@ -37,6 +37,8 @@ pub struct TestApp {
     pub http_addr: std::net::SocketAddr,
     /// Its handler state, to look behind the API.
     pub state: Arc<AppState>,
+    /// Its clock: advance it instead of sleeping.
+    pub clock: shared::time::Clock,
     /// `UserService` client.
     pub users: UserServiceClient<Channel>,
     /// `AuthService` client.
@@ -70,7 +72,9 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
     config.auth.mail.frontend_url = "http://frontend.test".into();
     config.common.internal_token = Some(INTERNAL_TOKEN.into());
     config.common.token_leeway = Duration::from_secs(5);
+    config.common.clock = shared::time::Clock::adjustable();
     adjust(&mut config);
+    let clock = config.common.clock.clone();
     let app = Application::build(config)
         .await
         .expect("building the auth-service");
@@ -93,6 +97,7 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
         data_dir,
         http_addr,
         state,
+        clock,
         users: UserServiceClient::new(channel.clone()),
         auth: AuthServiceClient::new(channel.clone()),
         events: UserEventServiceClient::new(channel),

@@ -1,16 +1,17 @@
 //! The store conformance suite: every backend must behave the same. Each case
 //! runs on SQLite, and on PostgreSQL when `TEST_DATABASE_URL` is set.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use auth_service::{
     domain::{Email, LoginName, Username},
     error::Error,
     events::UserChange,
     keys,
-    store::{NewSession, NewUser, Rotation, Sessions, Store, now_micros},
+    store::{NewSession, NewUser, Rotation, Sessions, Store},
 };
 
+use shared::time::Timestamp;
 use testkit::TestDatabase;
 
 use crate::helpers::open_store;
@@ -71,7 +72,13 @@ async fn new_user(store: &dyn Store, name: &str) -> i64 {
         .id
 }
 
-async fn new_session(store: &dyn Store, user_id: i64, id: &str, refresh: &[u8], expire_time: i64) {
+async fn new_session(
+    store: &dyn Store,
+    user_id: i64,
+    id: &str,
+    refresh: &[u8],
+    expire_time: Timestamp,
+) {
     store
         .create_session(NewSession {
             id,
@@ -83,8 +90,8 @@ async fn new_session(store: &dyn Store, user_id: i64, id: &str, refresh: &[u8], 
         .unwrap();
 }
 
-fn later() -> i64 {
-    now_micros() + 3_600_000_000
+fn later() -> Timestamp {
+    Timestamp::now() + Duration::from_secs(3600)
 }
 
 async fn users_round_trip(store: Arc<dyn Store>) {
@@ -197,10 +204,15 @@ async fn deleting_a_user_ends_their_sessions(store: Arc<dyn Store>) {
     new_session(store.as_ref(), id, "s1", b"r1", later()).await;
     let deleted = store.delete_user(id).await.unwrap().unwrap();
     assert_eq!(deleted.id, id);
-    assert!(!store.session_is_live("s1", id, now_micros()).await.unwrap());
+    assert!(
+        !store
+            .session_is_live("s1", id, Timestamp::now())
+            .await
+            .unwrap()
+    );
     assert_eq!(
         store
-            .rotate_refresh_token(b"r1", b"r2", now_micros())
+            .rotate_refresh_token(b"r1", b"r2", Timestamp::now())
             .await
             .unwrap(),
         Rotation::Unknown
@@ -213,15 +225,20 @@ async fn deleting_a_user_ends_their_sessions(store: Arc<dyn Store>) {
 async fn refresh_tokens_rotate_once(store: Arc<dyn Store>) {
     let id = new_user(store.as_ref(), "alice").await;
     new_session(store.as_ref(), id, "s1", b"r1", later()).await;
-    assert!(store.session_is_live("s1", id, now_micros()).await.unwrap());
+    assert!(
+        store
+            .session_is_live("s1", id, Timestamp::now())
+            .await
+            .unwrap()
+    );
     assert!(
         !store
-            .session_is_live("s1", id + 1, now_micros())
+            .session_is_live("s1", id + 1, Timestamp::now())
             .await
             .unwrap()
     );
     match store
-        .rotate_refresh_token(b"r1", b"r2", now_micros())
+        .rotate_refresh_token(b"r1", b"r2", Timestamp::now())
         .await
         .unwrap()
     {
@@ -239,22 +256,27 @@ async fn refresh_tokens_rotate_once(store: Arc<dyn Store>) {
     }
     assert_eq!(
         store
-            .rotate_refresh_token(b"r1", b"r3", now_micros())
+            .rotate_refresh_token(b"r1", b"r3", Timestamp::now())
             .await
             .unwrap(),
         Rotation::Reused
     );
-    assert!(!store.session_is_live("s1", id, now_micros()).await.unwrap());
+    assert!(
+        !store
+            .session_is_live("s1", id, Timestamp::now())
+            .await
+            .unwrap()
+    );
     assert_eq!(
         store
-            .rotate_refresh_token(b"r2", b"r4", now_micros())
+            .rotate_refresh_token(b"r2", b"r4", Timestamp::now())
             .await
             .unwrap(),
         Rotation::Unknown
     );
     assert_eq!(
         store
-            .rotate_refresh_token(b"nope", b"r5", now_micros())
+            .rotate_refresh_token(b"nope", b"r5", Timestamp::now())
             .await
             .unwrap(),
         Rotation::Unknown
@@ -271,8 +293,15 @@ async fn refresh_tokens_rotate_once(store: Arc<dyn Store>) {
 
 async fn expired_sessions_do_not_rotate(store: Arc<dyn Store>) {
     let id = new_user(store.as_ref(), "alice").await;
-    let now = now_micros();
-    new_session(store.as_ref(), id, "old", b"r1", now - 1).await;
+    let now = Timestamp::now();
+    new_session(
+        store.as_ref(),
+        id,
+        "old",
+        b"r1",
+        now - Duration::from_micros(1),
+    )
+    .await;
     assert!(!store.session_is_live("old", id, now).await.unwrap());
     assert_eq!(
         store.rotate_refresh_token(b"r1", b"r2", now).await.unwrap(),
@@ -316,7 +345,7 @@ async fn ending_sessions_by_scope(store: Arc<dyn Store>) {
     );
     assert!(
         store
-            .session_is_live("x", other, now_micros())
+            .session_is_live("x", other, Timestamp::now())
             .await
             .unwrap()
     );
@@ -348,7 +377,7 @@ async fn set_password_revokes_in_the_same_transaction(store: Arc<dyn Store>) {
     );
     assert!(
         store
-            .session_is_live("keep", id, now_micros())
+            .session_is_live("keep", id, Timestamp::now())
             .await
             .unwrap()
     );
@@ -361,7 +390,7 @@ async fn set_password_revokes_in_the_same_transaction(store: Arc<dyn Store>) {
 async fn signing_keys_are_kept_newest_first(store: Arc<dyn Store>) {
     assert!(store.signing_keys().await.unwrap().is_empty());
     let mut old = keys::generate();
-    old.create_time -= 1_000;
+    old.create_time = old.create_time - Duration::from_millis(1);
     let new = keys::generate();
     store.add_signing_key(&old).await.unwrap();
     store.add_signing_key(&new).await.unwrap();

@@ -259,7 +259,7 @@ async fn get_me_with_an_expired_token_is_invalid() {
         jsonwebtoken::dangerous::insecure_decode::<shared::verify::Claims>(&tokens.access_token)
             .unwrap()
             .claims;
-    let now = shared::verify::unix_now();
+    let now = shared::time::Timestamp::now().unix_seconds();
     let expired = shared::verify::Claims {
         iat: now - 1000,
         nbf: now - 1000,

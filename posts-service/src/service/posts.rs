@@ -64,8 +64,8 @@ fn post(record: PostRecord) -> Post {
             username: record.author_username,
             avatar_url: record.author_avatar_url,
         }),
-        create_time: Some(shared::db::timestamp(record.create_time)),
-        update_time: Some(shared::db::timestamp(record.update_time)),
+        create_time: Some(record.create_time.into()),
+        update_time: Some(record.update_time.into()),
     }
 }
 

@@ -13,10 +13,9 @@ mod sqlite;
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use shared::CurrentUser;
+use shared::{CurrentUser, time::Timestamp};
 
 pub use postgres::PgStore;
-pub use shared::db::now_micros;
 pub use sqlite::SqliteStore;
 
 use crate::{
@@ -33,10 +32,10 @@ pub struct PostRecord {
     pub title: String,
     /// Body, as given.
     pub content: String,
-    /// Creation time, microseconds since the epoch.
-    pub create_time: i64,
-    /// Last change, microseconds since the epoch.
-    pub update_time: i64,
+    /// Creation time.
+    pub create_time: Timestamp,
+    /// Last change.
+    pub update_time: Timestamp,
     /// The author's user id.
     pub author_id: i64,
     /// The author's current username.
@@ -71,7 +70,7 @@ pub struct Listing {
     /// Only this author's posts, or everyone's.
     pub author: Option<i64>,
     /// Start after this `(create_time, id)`; `None` for the first page.
-    pub after: Option<(i64, i64)>,
+    pub after: Option<(Timestamp, i64)>,
     /// At most this many posts.
     pub limit: i64,
 }
@@ -92,8 +91,8 @@ pub enum ReplicaChange {
     UserDeleted {
         /// User id.
         id: i64,
-        /// When, microseconds since the epoch.
-        time: i64,
+        /// When.
+        time: Timestamp,
     },
     /// Sessions ended: refuse their tokens until `expire_time`.
     SessionsRevoked {
@@ -101,8 +100,8 @@ pub enum ReplicaChange {
         user_id: i64,
         /// Which.
         session_ids: Vec<String>,
-        /// When every token of theirs has expired, microseconds.
-        expire_time: i64,
+        /// When every token of theirs has expired.
+        expire_time: Timestamp,
     },
 }
 
@@ -110,9 +109,9 @@ pub enum ReplicaChange {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RevocationSnapshot {
     /// `(session_id, expire_time)`.
-    pub sessions: Vec<(String, i64)>,
+    pub sessions: Vec<(String, Timestamp)>,
     /// `(user_id, delete_time)`.
-    pub deleted_users: Vec<(i64, i64)>,
+    pub deleted_users: Vec<(i64, Timestamp)>,
 }
 
 /// Everything the posts-service keeps.
@@ -160,9 +159,9 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_event(&self, sequence: i64, change: &ReplicaChange) -> Result<bool>;
     /// Revocations in force at `now`: revoked sessions not yet expired, and
     /// users deleted less than `window` ago (older ones hold no live token).
-    async fn revocations(&self, now: i64, window: i64) -> Result<RevocationSnapshot>;
+    async fn revocations(&self, now: Timestamp, window: Duration) -> Result<RevocationSnapshot>;
     /// Forgets revoked sessions whose tokens have all expired by `now`.
-    async fn prune_revocations(&self, now: i64) -> Result<u64>;
+    async fn prune_revocations(&self, now: Timestamp) -> Result<u64>;
 
     /// The JWK set last fetched from the auth-service, as JSON.
     async fn cached_jwks(&self) -> Result<Option<String>>;

@@ -4,15 +4,13 @@
 //! differs (how a write transaction begins, which pools there are) comes
 //! from the backend and from [`super::postgres`] and [`super::sqlite`].
 
-use std::sync::LazyLock;
+use std::{sync::LazyLock, time::Duration};
 
 use async_trait::async_trait;
-use shared::{CurrentUser, db::Backend};
+use shared::{CurrentUser, db::Backend, time::Timestamp};
 use sqlx::{ColumnIndex, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
 
-use super::{
-    ListedPost, Listing, Page, PostRecord, ReplicaChange, RevocationSnapshot, Store, now_micros,
-};
+use super::{ListedPost, Listing, Page, PostRecord, ReplicaChange, RevocationSnapshot, Store};
 use crate::{
     domain::{Content, Title},
     error::{Error, Result},
@@ -89,6 +87,7 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     i64: Type<DB> + for<'e> Encode<'e, DB>,
+    Timestamp: Type<DB> + for<'e> Encode<'e, DB>,
     for<'a> &'a str: Type<DB> + Encode<'a, DB>,
     PostRecord: for<'r> FromRow<'r, DB::Row>,
     (i64,): for<'r> FromRow<'r, DB::Row>,
@@ -132,7 +131,7 @@ where
             .bind(author_id)
             .bind(title.as_str())
             .bind(content.as_str())
-            .bind(now_micros())
+            .bind(Timestamp::now())
             .fetch_optional(executor)
             .await
     }
@@ -144,14 +143,15 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
     i64: Type<DB> + for<'e> Encode<'e, DB>,
+    Timestamp: Type<DB> + for<'e> Encode<'e, DB>,
     for<'a> &'a str: Type<DB> + Encode<'a, DB>,
     for<'a> Option<&'a str>: Type<DB> + Encode<'a, DB>,
     PostRecord: for<'r> FromRow<'r, DB::Row>,
     ListedPost: for<'r> FromRow<'r, DB::Row>,
     (i64,): for<'r> FromRow<'r, DB::Row>,
     (String,): for<'r> FromRow<'r, DB::Row>,
-    (String, i64): for<'r> FromRow<'r, DB::Row>,
-    (i64, i64): for<'r> FromRow<'r, DB::Row>,
+    (String, Timestamp): for<'r> FromRow<'r, DB::Row>,
+    (i64, Timestamp): for<'r> FromRow<'r, DB::Row>,
     usize: ColumnIndex<DB::Row>,
 {
     async fn ping(&self) -> Result<()> {
@@ -211,7 +211,9 @@ where
     }
 
     async fn list_posts(&self, listing: Listing) -> Result<Page> {
-        let (time, id) = listing.after.unwrap_or((i64::MAX, i64::MAX));
+        let (time, id) = listing
+            .after
+            .unwrap_or((Timestamp::from_micros(i64::MAX), i64::MAX));
         let query = match listing.author {
             None => sqlx::query_as(LIST_POSTS.as_str())
                 .bind(time)
@@ -272,7 +274,7 @@ where
             .bind(author_id)
             .bind(title.map(|t| t.as_str()))
             .bind(content.map(|c| c.as_str()))
-            .bind(now_micros())
+            .bind(Timestamp::now())
             .fetch_optional(&self.write)
             .await?;
         match updated {
@@ -375,7 +377,7 @@ where
         Ok(true)
     }
 
-    async fn revocations(&self, now: i64, window: i64) -> Result<RevocationSnapshot> {
+    async fn revocations(&self, now: Timestamp, window: Duration) -> Result<RevocationSnapshot> {
         let sessions = sqlx::query_as(
             "SELECT session_id, expire_time FROM revoked_sessions WHERE expire_time > $1",
         )
@@ -393,7 +395,7 @@ where
         })
     }
 
-    async fn prune_revocations(&self, now: i64) -> Result<u64> {
+    async fn prune_revocations(&self, now: Timestamp) -> Result<u64> {
         let pruned = sqlx::query("DELETE FROM revoked_sessions WHERE expire_time <= $1")
             .bind(now)
             .execute(&self.write)
@@ -415,7 +417,7 @@ where
              ON CONFLICT (id) DO UPDATE SET jwks = excluded.jwks, fetch_time = excluded.fetch_time",
         )
         .bind(jwks)
-        .bind(now_micros())
+        .bind(Timestamp::now())
         .execute(&self.write)
         .await?;
         Ok(())

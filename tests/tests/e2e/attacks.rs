@@ -14,7 +14,7 @@ use tonic::{Code, Request, metadata::MetadataMap};
 use crate::helpers::{PROPAGATION, Stack, TestUser, bearer, eventually, spawn_stack};
 
 fn now() -> i64 {
-    shared::verify::unix_now()
+    shared::time::Timestamp::now().unix_seconds()
 }
 
 fn claims(user: &TestUser, sid: &str) -> Value {
@@ -127,12 +127,13 @@ fn hostile_tokens(stack: &Stack, user: &TestUser, sid: &str) -> Vec<(String, Str
         add(&format!("kid {kid:?}"), signed(stack, &h, &good));
     }
     let attacker_seed = [7u8; 32];
-    let mut der = vec![
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-        0x20,
-    ];
-    der.extend_from_slice(&attacker_seed);
-    let attacker = EncodingKey::from_ed_der(&der);
+    let der = {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        ed25519_dalek::SigningKey::from_bytes(&attacker_seed)
+            .to_pkcs8_der()
+            .unwrap()
+    };
+    let attacker = EncodingKey::from_ed_der(der.as_bytes());
     let attacker_x = URL_SAFE_NO_PAD.encode(
         ed25519_dalek::SigningKey::from_bytes(&attacker_seed)
             .verifying_key()
