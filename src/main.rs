@@ -1,7 +1,7 @@
 //! `blog`: the blog backend from one binary. With no arguments it runs the
 //! whole stack in one process, each service on its own port, with SQLite
 //! under `./data` and a generated internal token they share (see the README).
-//! `BLOG_SERVICES=auth` (or `posts`) runs one service only, which is how the
+//! `BLOG_SERVICES=auth` (or `posts`, or `web` for the website) runs one only, which is how the
 //! container image runs either; `blog healthcheck` asks the selected services
 //! for their health, for container health checks.
 
@@ -18,9 +18,12 @@ struct Settings {
         env = "BLOG_SERVICES",
         value_enum,
         value_delimiter = ',',
-        default_value = "auth,posts"
+        default_value = "auth,posts,web"
     )]
     services: Vec<Service>,
+    /// Website settings.
+    #[command(flatten)]
+    web: web::config::WebArgs,
     /// auth-service settings.
     #[command(flatten)]
     auth: auth_service::config::AuthConfig,
@@ -38,6 +41,8 @@ enum Service {
     Auth,
     /// The posts-service.
     Posts,
+    /// The website.
+    Web,
 }
 
 #[tokio::main]
@@ -59,6 +64,9 @@ async fn main() -> anyhow::Result<()> {
             addrs.push(settings.posts.posts_listen_addr);
         }
         check_health(&addrs).await;
+        if runs(Service::Web) {
+            web::healthcheck(settings.web.web_http_addr).await;
+        }
         return Ok(());
     }
 
@@ -73,9 +81,34 @@ async fn main() -> anyhow::Result<()> {
     };
     let (run_auth, run_posts) = (runs(Service::Auth), runs(Service::Posts));
     let mut running = JoinSet::new();
+    let mut auth_settings = settings.auth;
+    if runs(Service::Web) {
+        // The website's reset links lead to the website, wherever it runs.
+        let frontend = auth_settings
+            .mail
+            .frontend_url
+            .get_or_insert_with(|| format!("http://{}", settings.web.web_http_addr))
+            .clone();
+        // It reaches the services where this process runs them (or where
+        // the posts-service would reach the auth-service).
+        let auth_url = if run_auth {
+            format!("http://{}", auth_settings.auth_listen_addr)
+        } else {
+            settings.posts.auth_service_url.clone()
+        };
+        let site = web::Website::build(web::Config {
+            http_addr: settings.web.web_http_addr,
+            auth_url,
+            posts_url: format!("http://{}", settings.posts.posts_listen_addr),
+            session_key: settings.web.session_key(&settings.common.data_dir)?,
+            secure: frontend.starts_with("https://"),
+        })
+        .await?;
+        running.spawn(site.run(until_stopped()));
+    }
     if run_auth {
         let auth = auth_service::Application::build(auth_service::Config {
-            auth: settings.auth,
+            auth: auth_settings,
             common: settings.common.clone(),
         })
         .await?;

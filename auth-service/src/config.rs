@@ -144,9 +144,11 @@ pub struct MailConfig {
         default_value = "Blog <no-reply@blog.localhost>"
     )]
     pub mail_from: String,
-    /// Base of the links in mail (the web front end).
-    #[arg(long, env = "FRONTEND_URL", default_value = "http://localhost:3000")]
-    pub frontend_url: String,
+    /// Base of the links in mail: the website's address. When unset, the
+    /// website's default address (`http://127.0.0.1:8080`); the launcher
+    /// sets it to wherever it runs the website.
+    #[arg(long, env = "FRONTEND_URL")]
+    pub frontend_url: Option<String>,
     /// How long a password-reset link works, in seconds.
     #[arg(long = "password-reset-ttl-secs", env = "PASSWORD_RESET_TTL_SECS", default_value = "3600", value_parser = positive_seconds)]
     pub password_reset_ttl: Duration,

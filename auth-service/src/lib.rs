@@ -19,6 +19,10 @@
 //! [`Application::build`] then [`Application::run`] is how `main`, the
 //! launcher and the tests all start it.
 
+/// Where password-reset links point when `FRONTEND_URL` is unset: the
+/// website's default address.
+pub const DEFAULT_FRONTEND_URL: &str = "http://127.0.0.1:8080";
+
 pub mod avatars;
 pub mod config;
 pub mod domain;
@@ -206,7 +210,12 @@ impl Application {
                 store.clone(),
                 mailer,
                 from,
-                &config.auth.mail.frontend_url,
+                config
+                    .auth
+                    .mail
+                    .frontend_url
+                    .as_deref()
+                    .unwrap_or(DEFAULT_FRONTEND_URL),
                 config.auth.mail.password_reset_ttl,
                 limiter.clone(),
                 config.auth.limits.reset_mails(),

@@ -69,7 +69,7 @@ pub async fn spawn_app_with(db: TestDatabase, adjust: impl FnOnce(&mut Config)) 
     let mut config = Config::for_tests(data_dir.clone());
     config.auth.auth_database_url = db.url.clone().into();
     config.auth.mail.mail_from = "Blog <no-reply@blog.test>".into();
-    config.auth.mail.frontend_url = "http://frontend.test".into();
+    config.auth.mail.frontend_url = Some("http://frontend.test".into());
     config.common.internal_token = Some(INTERNAL_TOKEN.into());
     config.common.token_leeway = Duration::from_secs(5);
     config.common.clock = shared::time::Clock::adjustable();

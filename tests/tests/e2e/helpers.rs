@@ -220,7 +220,7 @@ pub fn auth_config(
     config.auth.auth_database_url = db.url.clone().into();
     config.auth.mail.smtp_url = Some(mail.url.clone().into());
     config.auth.mail.mail_from = "Blog <no-reply@blog.test>".into();
-    config.auth.mail.frontend_url = "http://frontend.test".into();
+    config.auth.mail.frontend_url = Some("http://frontend.test".into());
     // Generous: tests of the limits set their own.
     config.auth.limits.registration_burst = 1_000;
     config.common = common.clone();

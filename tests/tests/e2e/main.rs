@@ -8,4 +8,6 @@ mod observe;
 mod posts;
 mod races;
 mod shutdown;
+mod site;
 mod tls;
+mod website;

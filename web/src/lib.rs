@@ -1,0 +1,256 @@
+//! The blog's website: server-rendered HTML over the auth-service and the
+//! posts-service, reached only through their gRPC API (the `proto` crate).
+//! It is the "backend for frontend": the browser holds one sealed,
+//! `HttpOnly` session cookie, and the tokens inside it never reach a page
+//! script.
+//!
+//! - [`config`]: settings, and the session key.
+//! - [`session`]: the sealed cookie and the CSRF secret.
+//! - [`visitor`]: who is asking, with tokens refreshed on the way in.
+//! - [`error`]: gRPC statuses as the pages a person expects.
+//! - [`routes`]: the pages, one module per family.
+
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod session;
+pub mod visitor;
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::{HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use tonic::transport::{Channel, Endpoint};
+
+use proto::{
+    auth::{auth_service_client::AuthServiceClient, user_service_client::UserServiceClient},
+    posts::post_service_client::PostServiceClient,
+};
+
+pub use config::Config;
+
+use crate::{error::ErrorPage, session::Sealer};
+
+/// What every handler shares.
+pub struct App {
+    /// Seals and opens session cookies.
+    pub sealer: Sealer,
+    /// Whether the site is served over HTTPS.
+    pub secure: bool,
+    auth_channel: Channel,
+    posts_channel: Channel,
+}
+
+impl App {
+    /// An `AuthService` client.
+    pub fn auth(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.auth_channel.clone())
+    }
+
+    /// A `UserService` client.
+    pub fn users(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::new(self.auth_channel.clone()).max_decoding_message_size(16 << 20)
+    }
+
+    /// A `PostService` client.
+    pub fn posts(&self) -> PostServiceClient<Channel> {
+        PostServiceClient::new(self.posts_channel.clone())
+    }
+}
+
+/// Shared state as handlers receive it.
+pub type Shared = Arc<App>;
+
+/// The website, bound and ready to serve.
+pub struct Website {
+    listener: tokio::net::TcpListener,
+    router: Router,
+}
+
+impl Website {
+    /// Binds the address and prepares (lazy) channels to both services:
+    /// the site starts even while they are down, and shows 503 pages until
+    /// they answer.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let channel = |url: &str| -> anyhow::Result<Channel> {
+            Ok(Endpoint::from_shared(url.to_owned())?
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .timeout(std::time::Duration::from_secs(30))
+                .connect_lazy())
+        };
+        let app = Arc::new(App {
+            sealer: Sealer::new(&config.session_key, config.secure),
+            secure: config.secure,
+            auth_channel: channel(&config.auth_url)?,
+            posts_channel: channel(&config.posts_url)?,
+        });
+        let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "website listening");
+        Ok(Self {
+            listener,
+            router: router(app),
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener")
+    }
+
+    /// Serves until `shutdown` resolves, then lets requests in flight end.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Every route, behind the security headers and the error pages.
+pub fn router(app: Shared) -> Router {
+    routes::router()
+        .layer(middleware::from_fn_with_state(app.clone(), finish))
+        .with_state(app)
+}
+
+/// The last word on every response: refuses cross-site form posts, renders
+/// error pages (with a request id to quote) and adds the security headers.
+async fn finish(State(app): State<Shared>, request: Request, next: Next) -> Response {
+    let request_id = session::random_token()[..16].to_owned();
+    // After logging in, a GET comes back where it was; a form goes home.
+    let back = match request.method() {
+        &Method::GET => request
+            .uri()
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.as_str().to_owned()),
+        _ => "/".to_owned(),
+    };
+    let cross_site = request.method() == Method::POST && !same_origin(&request);
+    let session = app.sealer.from_headers(request.headers());
+    let mut response = if cross_site {
+        ErrorPage::forbidden_cross_site().into_response()
+    } else {
+        next.run(request).await
+    };
+    if let Some(page) = response.extensions_mut().remove::<ErrorPage>() {
+        response = page.render(&app, &back, &request_id, session);
+    }
+    let headers = response.headers_mut();
+    let set = |headers: &mut axum::http::HeaderMap, name, value: &'static str| {
+        headers.insert(name, HeaderValue::from_static(value));
+    };
+    set(
+        headers,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'self'; img-src 'self' http: https:; \
+         form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    set(headers, header::X_FRAME_OPTIONS, "DENY");
+    set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(headers, header::REFERRER_POLICY, "same-origin");
+    if app.secure {
+        set(
+            headers,
+            header::STRICT_TRANSPORT_SECURITY,
+            "max-age=63072000; includeSubDomains",
+        );
+    }
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        set(headers, header::CACHE_CONTROL, "no-store");
+    }
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", id);
+    }
+    response
+}
+
+/// Whether a request comes from a page of this site: its `Origin` (or,
+/// lacking one, its `Referer`) names the host it was sent to. A request
+/// with neither is let through: the CSRF token still guards it.
+fn same_origin(request: &Request) -> bool {
+    let headers = request.headers();
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let source = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+        .and_then(|v| v.to_str().ok());
+    match source {
+        None => true,
+        Some(source) => {
+            let rest = source
+                .strip_prefix("https://")
+                .or_else(|| source.strip_prefix("http://"));
+            rest.is_some_and(|rest| rest.split('/').next() == Some(host))
+        }
+    }
+}
+
+/// `GET /healthz`: the process is up.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: both services answer.
+async fn readyz(State(app): State<Shared>) -> Response {
+    use proto::{auth::GetJwksRequest, posts::ListPostsRequest};
+    let auth = app.auth().get_jwks(GetJwksRequest {}).await;
+    let posts = app
+        .posts()
+        .list_posts(ListPostsRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await;
+    if auth.is_ok() && posts.is_ok() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "a service does not answer").into_response()
+    }
+}
+
+/// Asks the website at `addr` for `/healthz`; exits the process with 1
+/// unless it answers 200 (for container health checks).
+pub async fn healthcheck(addr: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let asked = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), asked).await {
+        Ok(Ok(true)) => {}
+        _ => {
+            eprintln!("unhealthy: the website at {addr} does not answer /healthz");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

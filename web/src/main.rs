@@ -1,0 +1,57 @@
+//! `web`: the blog's website on its own, for a container or a replica behind
+//! a balancer. `cargo run --release` at the top runs it with both services.
+
+use std::path::PathBuf;
+
+use web::{Config, Website, config::WebArgs};
+
+/// The website's command line.
+#[derive(Debug, clap::Parser)]
+#[command(name = "web", version, about = "Serves the blog's website")]
+struct Cli {
+    /// The website's own settings.
+    #[command(flatten)]
+    web: WebArgs,
+    /// The auth-service's gRPC address.
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    auth_service_url: String,
+    /// The posts-service's gRPC address.
+    #[arg(
+        long,
+        env = "POSTS_SERVICE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    posts_service_url: String,
+    /// The site's public address; `https://` makes cookies `Secure`.
+    #[arg(long, env = "FRONTEND_URL")]
+    frontend_url: Option<String>,
+    /// Where the generated session key is kept when `WEB_SESSION_KEY` is
+    /// unset.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = <Cli as clap::Parser>::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = Config {
+        http_addr: cli.web.web_http_addr,
+        auth_url: cli.auth_service_url,
+        posts_url: cli.posts_service_url,
+        session_key: cli.web.session_key(&cli.data_dir)?,
+        secure: cli
+            .frontend_url
+            .is_some_and(|url| url.starts_with("https://")),
+    };
+    let site = Website::build(config).await?;
+    site.run(web::shutdown_signal()).await
+}

@@ -1,0 +1,213 @@
+//! The pages, one module per family, and what their forms share.
+
+mod account;
+mod auth;
+mod posts;
+
+use axum::{
+    Router,
+    http::header,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use tonic_types::StatusExt;
+
+use crate::Shared;
+
+/// Every route of the site.
+pub fn router() -> Router<Shared> {
+    Router::new()
+        .route("/", get(posts::home))
+        .route("/posts/new", get(posts::new_form).post(posts::create))
+        .route("/posts/{id}", get(posts::show))
+        .route(
+            "/posts/{id}/edit",
+            get(posts::edit_form).post(posts::update),
+        )
+        .route("/posts/{id}/delete", post(posts::delete))
+        .route("/users/{id}/posts", get(posts::by_user))
+        .route("/register", get(auth::register_form).post(auth::register))
+        .route("/login", get(auth::login_form).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route(
+            "/forgot-password",
+            get(auth::forgot_form).post(auth::forgot),
+        )
+        .route("/reset-password", get(auth::reset_form).post(auth::reset))
+        .merge(account::router())
+        .route("/static/style.css", get(stylesheet))
+        .route("/healthz", get(crate::healthz))
+        .route("/readyz", get(crate::readyz))
+        .fallback(|| async { crate::error::PageError::NotFound })
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../static/style.css"),
+    )
+}
+
+/// One labelled form field.
+#[derive(Debug, Clone)]
+pub struct Field {
+    /// The `name` (the proto field's name).
+    pub name: &'static str,
+    /// The label.
+    pub label: &'static str,
+    /// `text`, `email`, `password` or `textarea`.
+    pub kind: &'static str,
+    /// What to show in it (never a password).
+    pub value: String,
+    /// Whether it must be filled in.
+    pub required: bool,
+    /// The `autocomplete` hint, or empty.
+    pub autocomplete: &'static str,
+    /// What is wrong with it.
+    pub error: Option<String>,
+}
+
+impl Field {
+    /// A required field.
+    pub fn new(name: &'static str, label: &'static str, kind: &'static str) -> Self {
+        Self {
+            name,
+            label,
+            kind,
+            value: String::new(),
+            required: true,
+            autocomplete: "",
+            error: None,
+        }
+    }
+
+    /// The same, showing `value` (kept out of password fields).
+    pub fn value(mut self, value: &str) -> Self {
+        if self.kind != "password" {
+            self.value = value.to_owned();
+        }
+        self
+    }
+
+    /// The same, with this `autocomplete` hint.
+    pub fn autocomplete(mut self, hint: &'static str) -> Self {
+        self.autocomplete = hint;
+        self
+    }
+
+    /// The same, optional.
+    pub fn optional(mut self) -> Self {
+        self.required = false;
+        self
+    }
+}
+
+/// A form page (or a form section of the account page).
+#[derive(Debug, Clone)]
+pub struct FormView {
+    /// Heading.
+    pub title: &'static str,
+    /// A sentence under it.
+    pub intro: Option<&'static str>,
+    /// An error for the whole form.
+    pub error: Option<String>,
+    /// Where it posts.
+    pub action: String,
+    /// The button.
+    pub submit: &'static str,
+    /// The fields.
+    pub fields: Vec<Field>,
+    /// Links under it: `(href, text)`.
+    pub links: Vec<(&'static str, &'static str)>,
+}
+
+impl FormView {
+    /// A form posting to `action`.
+    pub fn new(title: &'static str, action: impl Into<String>, submit: &'static str) -> Self {
+        Self {
+            title,
+            intro: None,
+            error: None,
+            action: action.into(),
+            submit,
+            fields: Vec::new(),
+            links: Vec::new(),
+        }
+    }
+
+    /// Shows a refused call on the form: each `BadRequest` violation next to
+    /// its field, anything else above the fields.
+    pub fn refused(mut self, status: &tonic::Status) -> Self {
+        let mut unplaced = Vec::new();
+        if let Some(bad) = status.get_details_bad_request() {
+            for violation in bad.field_violations {
+                match self.fields.iter_mut().find(|f| f.name == violation.field) {
+                    Some(field) => field.error = Some(violation.description),
+                    None => unplaced.push(violation.description),
+                }
+            }
+        } else {
+            unplaced.push(status.message().to_owned());
+        }
+        if !unplaced.is_empty() {
+            self.error = Some(unplaced.join(" "));
+        }
+        self
+    }
+}
+
+/// Whether a refused call belongs on the form (the person can fix it)
+/// rather than on an error page.
+pub fn is_form_error(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument | tonic::Code::AlreadyExists
+    ) || (status.code() == tonic::Code::Unauthenticated
+        && status.get_details_bad_request().is_some())
+}
+
+/// A protobuf timestamp as `(display, ISO 8601)`, in UTC.
+pub fn format_time(time: Option<&prost_types::Timestamp>) -> (String, String) {
+    let Some(time) = time else {
+        return (String::new(), String::new());
+    };
+    let days = time.seconds.div_euclid(86_400);
+    let secs = time.seconds.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let (h, min) = (secs / 3600, secs % 3600 / 60);
+    (
+        format!("{y:04}-{m:02}-{d:02} {h:02}:{min:02} UTC"),
+        format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{:02}Z", secs % 60),
+    )
+}
+
+/// Year, month and day of a day number counted from 1970-01-01 (the
+/// proleptic Gregorian calendar, by eras of 400 years).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_become_calendar_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+}

@@ -1,0 +1,380 @@
+//! The home page, a post, a user's posts, and writing, editing and deleting
+//! posts (the posts-service decides who may).
+
+use askama::Template;
+use axum::{
+    Form,
+    extract::{Path, Query, State},
+    response::{Html, Redirect, Response},
+};
+use serde::Deserialize;
+
+use proto::{
+    auth::GetUserRequest,
+    posts::{
+        CreatePostRequest, DeletePostRequest, GetPostRequest, ListPostsRequest, Post,
+        UpdatePostRequest,
+    },
+};
+
+use super::{Field, FormView, format_time, is_form_error};
+use crate::{Shared, error::PageError, error::encode_component, visitor::Nav, visitor::Visitor};
+
+/// Posts per page.
+const PAGE_SIZE: i32 = 10;
+/// Characters of a post's body shown in a listing.
+const EXCERPT_CHARS: usize = 280;
+
+/// A post as the templates show it.
+pub struct PostView {
+    id: i64,
+    title: String,
+    content: String,
+    excerpt: String,
+    author: String,
+    author_id: i64,
+    avatar_url: String,
+    time: String,
+    iso_time: String,
+}
+
+impl From<Post> for PostView {
+    fn from(post: Post) -> Self {
+        let (time, iso_time) = format_time(post.create_time.as_ref());
+        let author = post.author.unwrap_or_default();
+        let mut excerpt: String = post.content.chars().take(EXCERPT_CHARS).collect();
+        if excerpt.len() < post.content.len() {
+            excerpt.push('…');
+        }
+        Self {
+            id: post.id,
+            title: post.title,
+            content: post.content,
+            excerpt,
+            author: author.username,
+            author_id: author.id,
+            avatar_url: author.avatar_url,
+            time,
+            iso_time,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "home.html")]
+struct HomePage {
+    nav: Nav,
+    posts: Vec<PostView>,
+    next_page: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "user_posts.html")]
+struct UserPostsPage {
+    nav: Nav,
+    username: String,
+    avatar_url: String,
+    total: i64,
+    posts: Vec<PostView>,
+    next_page: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "post.html")]
+struct PostPage {
+    nav: Nav,
+    post: PostView,
+    mine: bool,
+}
+
+#[derive(Template)]
+#[template(path = "form.html")]
+struct FormPage {
+    nav: Nav,
+    form: FormView,
+}
+
+/// `?page_token=`.
+#[derive(Debug, Deserialize)]
+pub struct Paging {
+    #[serde(default)]
+    page_token: String,
+}
+
+/// `GET /`: the newest posts.
+pub async fn home(
+    State(app): State<Shared>,
+    visitor: Visitor,
+    Query(paging): Query<Paging>,
+) -> Result<Response, PageError> {
+    let (posts, next, _) = list(&app, &visitor, 0, paging.page_token).await?;
+    let page = HomePage {
+        nav: visitor.nav(),
+        posts,
+        next_page: next.map(|t| format!("/?page_token={}", encode_component(&t))),
+    };
+    Ok(visitor.respond(&app, Html(page.render().map_err(internal)?)))
+}
+
+/// `GET /users/{id}/posts`: one user's posts, with their name and picture.
+pub async fn by_user(
+    State(app): State<Shared>,
+    visitor: Visitor,
+    Path(id): Path<String>,
+    Query(paging): Query<Paging>,
+) -> Result<Response, PageError> {
+    let id = parse_id(&id)?;
+    let profile = app
+        .users()
+        .get_user(GetUserRequest { id })
+        .await?
+        .into_inner();
+    let (posts, next, total) = list(&app, &visitor, id, paging.page_token).await?;
+    let page = UserPostsPage {
+        nav: visitor.nav(),
+        username: profile.username,
+        avatar_url: profile.avatar_url,
+        total,
+        posts,
+        next_page: next.map(|t| format!("/users/{id}/posts?page_token={}", encode_component(&t))),
+    };
+    Ok(visitor.respond(&app, Html(page.render().map_err(internal)?)))
+}
+
+async fn list(
+    app: &Shared,
+    visitor: &Visitor,
+    author_id: i64,
+    page_token: String,
+) -> Result<(Vec<PostView>, Option<String>, i64), PageError> {
+    let response = app
+        .posts()
+        .list_posts(visitor.call(ListPostsRequest {
+            page_size: PAGE_SIZE,
+            page_token,
+            author_id,
+        }))
+        .await
+        .map_err(|status| {
+            // A mangled `?page_token=` is a bad address, not a form.
+            if status.code() == tonic::Code::InvalidArgument {
+                PageError::BadRequest
+            } else {
+                status.into()
+            }
+        })?
+        .into_inner();
+    let next = Some(response.next_page_token).filter(|t| !t.is_empty());
+    Ok((
+        response.posts.into_iter().map(PostView::from).collect(),
+        next,
+        response.total_size,
+    ))
+}
+
+/// `GET /posts/{id}`.
+pub async fn show(
+    State(app): State<Shared>,
+    visitor: Visitor,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let post = fetch(&app, &visitor, &id).await?;
+    let mine = visitor
+        .tokens()
+        .is_some_and(|t| post.author.as_ref().is_some_and(|a| a.id == t.user_id));
+    let page = PostPage {
+        nav: visitor.nav(),
+        post: post.into(),
+        mine,
+    };
+    Ok(visitor.respond(&app, Html(page.render().map_err(internal)?)))
+}
+
+async fn fetch(app: &Shared, visitor: &Visitor, id: &str) -> Result<Post, PageError> {
+    let id = parse_id(id)?;
+    Ok(app
+        .posts()
+        .get_post(visitor.call(GetPostRequest { id }))
+        .await?
+        .into_inner())
+}
+
+/// A post form's fields.
+#[derive(Debug, Deserialize)]
+pub struct PostForm {
+    #[serde(default)]
+    csrf_token: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    content: String,
+}
+
+fn post_form(
+    title: &'static str,
+    action: String,
+    submit: &'static str,
+    values: (&str, &str),
+) -> FormView {
+    let mut form = FormView::new(title, action, submit);
+    form.fields = vec![
+        Field::new("title", "Title", "text").value(values.0),
+        Field::new("content", "Content", "textarea").value(values.1),
+    ];
+    form
+}
+
+fn form_page(
+    app: &Shared,
+    visitor: Visitor,
+    form: FormView,
+    status: axum::http::StatusCode,
+) -> Result<Response, PageError> {
+    let page = FormPage {
+        nav: visitor.nav(),
+        form,
+    };
+    Ok(visitor.respond(app, (status, Html(page.render().map_err(internal)?))))
+}
+
+/// `GET /posts/new`.
+pub async fn new_form(State(app): State<Shared>, visitor: Visitor) -> Result<Response, PageError> {
+    visitor.require_login()?;
+    let form = post_form("New post", "/posts/new".into(), "Publish", ("", ""));
+    form_page(&app, visitor, form, axum::http::StatusCode::OK)
+}
+
+/// `POST /posts/new`.
+pub async fn create(
+    State(app): State<Shared>,
+    visitor: Visitor,
+    Form(input): Form<PostForm>,
+) -> Result<Response, PageError> {
+    visitor.check_csrf(&input.csrf_token)?;
+    visitor.require_login()?;
+    let created = app
+        .posts()
+        .create_post(visitor.call(CreatePostRequest {
+            title: input.title.clone(),
+            content: input.content.clone(),
+        }))
+        .await;
+    match created {
+        Ok(post) => {
+            let id = post.into_inner().id;
+            Ok(visitor.respond(&app, Redirect::to(&format!("/posts/{id}"))))
+        }
+        Err(status) if is_form_error(&status) => {
+            let form = post_form(
+                "New post",
+                "/posts/new".into(),
+                "Publish",
+                (&input.title, &input.content),
+            )
+            .refused(&status);
+            form_page(
+                &app,
+                visitor,
+                form,
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            )
+        }
+        Err(status) => Err(status.into()),
+    }
+}
+
+/// `GET /posts/{id}/edit` (the author only).
+pub async fn edit_form(
+    State(app): State<Shared>,
+    visitor: Visitor,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let tokens = visitor.require_login()?;
+    let post = fetch(&app, &visitor, &id).await?;
+    if post.author.as_ref().map(|a| a.id) != Some(tokens.user_id) {
+        return Err(tonic::Status::permission_denied("not the author").into());
+    }
+    let form = post_form(
+        "Edit post",
+        format!("/posts/{}/edit", post.id),
+        "Save",
+        (&post.title, &post.content),
+    );
+    form_page(&app, visitor, form, axum::http::StatusCode::OK)
+}
+
+/// `POST /posts/{id}/edit`.
+pub async fn update(
+    State(app): State<Shared>,
+    visitor: Visitor,
+    Path(id): Path<String>,
+    Form(input): Form<PostForm>,
+) -> Result<Response, PageError> {
+    visitor.check_csrf(&input.csrf_token)?;
+    visitor.require_login()?;
+    let id = parse_id(&id)?;
+    let updated = app
+        .posts()
+        .update_post(visitor.call(UpdatePostRequest {
+            id,
+            title: Some(input.title.clone()),
+            content: Some(input.content.clone()),
+        }))
+        .await;
+    match updated {
+        Ok(_) => Ok(visitor.respond(&app, Redirect::to(&format!("/posts/{id}")))),
+        Err(status) if is_form_error(&status) => {
+            let form = post_form(
+                "Edit post",
+                format!("/posts/{id}/edit"),
+                "Save",
+                (&input.title, &input.content),
+            )
+            .refused(&status);
+            form_page(
+                &app,
+                visitor,
+                form,
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            )
+        }
+        Err(status) => Err(status.into()),
+    }
+}
+
+/// Only the CSRF token.
+#[derive(Debug, Deserialize)]
+pub struct Plain {
+    #[serde(default)]
+    csrf_token: String,
+}
+
+/// `POST /posts/{id}/delete`.
+pub async fn delete(
+    State(app): State<Shared>,
+    visitor: Visitor,
+    Path(id): Path<String>,
+    Form(input): Form<Plain>,
+) -> Result<Response, PageError> {
+    visitor.check_csrf(&input.csrf_token)?;
+    let tokens = visitor.require_login()?;
+    let id = parse_id(&id)?;
+    app.posts()
+        .delete_post(visitor.call(DeletePostRequest { id }))
+        .await?;
+    let mine = format!("/users/{}/posts", tokens.user_id);
+    Ok(visitor.respond(&app, Redirect::to(&mine)))
+}
+
+/// A positive id from the path.
+pub fn parse_id(raw: &str) -> Result<i64, PageError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or(PageError::NotFound)
+}
+
+/// A template that failed to render: a bug, shown as a 500.
+pub fn internal(e: askama::Error) -> PageError {
+    PageError::Status(tonic::Status::internal(format!("rendering: {e}")))
+}

@@ -1,0 +1,184 @@
+//! Who is asking: the session from the cookie (a fresh one for a first
+//! visit), with an access token about to expire exchanged for a new pair
+//! before the handler runs. A handler hands its response back through
+//! [`Visitor::respond`], which stores the session if it changed.
+
+use std::convert::Infallible;
+
+use axum::{
+    extract::FromRequestParts,
+    http::{HeaderValue, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use tonic::Code;
+
+use proto::auth::{GetMeRequest, RefreshTokenRequest, TokenResponse};
+
+use crate::{
+    Shared,
+    error::PageError,
+    session::{Session, Tokens, unix_now},
+};
+
+/// Refresh an access token this long before it expires, so it does not
+/// expire on the way to the service.
+const REFRESH_MARGIN_SECS: u64 = 10;
+
+/// Header and logout form of every page.
+#[derive(Debug, Clone)]
+pub struct Nav {
+    /// The logged-in user's name and id.
+    pub user: Option<(String, i64)>,
+    /// The CSRF token for the logout form.
+    pub csrf: String,
+}
+
+/// The visitor of one request.
+#[derive(Debug)]
+pub struct Visitor {
+    /// Their session.
+    pub session: Session,
+    /// Whether the cookie must be written back.
+    changed: bool,
+}
+
+impl FromRequestParts<Shared> for Visitor {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Shared) -> Result<Self, Infallible> {
+        let mut visitor = match app.sealer.from_headers(&parts.headers) {
+            Some(session) => Self {
+                session,
+                changed: false,
+            },
+            None => Self {
+                session: Session::new(),
+                changed: true,
+            },
+        };
+        visitor.refresh_if_due(app).await;
+        Ok(visitor)
+    }
+}
+
+impl Visitor {
+    async fn refresh_if_due(&mut self, app: &Shared) {
+        let Some(tokens) = &self.session.tokens else {
+            return;
+        };
+        if tokens.access_expires > unix_now() + REFRESH_MARGIN_SECS {
+            return;
+        }
+        let request = RefreshTokenRequest {
+            refresh_token: tokens.refresh.clone(),
+        };
+        match app.auth().refresh_token(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                let tokens = self.session.tokens.as_mut().expect("checked above");
+                tokens.access_expires = expiry(&response);
+                tokens.access = response.access_token;
+                tokens.refresh = response.refresh_token;
+                self.changed = true;
+            }
+            // The service is away: keep the tokens and let the call fail
+            // (a 503 page), rather than logging the visitor out.
+            Err(status) if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) => {}
+            Err(_) => self.log_out(),
+        }
+    }
+
+    /// The logged-in user, if any.
+    pub fn tokens(&self) -> Option<&Tokens> {
+        self.session.tokens.as_ref()
+    }
+
+    /// The user, or the login page (and back here after).
+    pub fn require_login(&self) -> Result<&Tokens, PageError> {
+        self.tokens()
+            .ok_or(PageError::Status(tonic::Status::unauthenticated("")))
+    }
+
+    /// What every page's header needs.
+    pub fn nav(&self) -> Nav {
+        Nav {
+            user: self.tokens().map(|t| (t.username.clone(), t.user_id)),
+            csrf: self.session.csrf.clone(),
+        }
+    }
+
+    /// The form's CSRF token is this session's, or the request is refused.
+    pub fn check_csrf(&self, presented: &str) -> Result<(), PageError> {
+        if self.session.csrf_matches(presented) {
+            Ok(())
+        } else {
+            Err(PageError::Csrf)
+        }
+    }
+
+    /// `message` as a call with the visitor's access token, if any.
+    pub fn call<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(tokens) = self.tokens()
+            && let Ok(value) = format!("Bearer {}", tokens.access).parse()
+        {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    /// Logs in with a fresh token pair, learning who it is for. A new CSRF
+    /// secret comes with the new session (no fixation across login).
+    pub async fn log_in(&mut self, app: &Shared, response: TokenResponse) -> Result<(), PageError> {
+        let mut me = tonic::Request::new(GetMeRequest {});
+        me.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", response.access_token)
+                .parse()
+                .map_err(|_| PageError::Status(tonic::Status::internal("bad token")))?,
+        );
+        let user = app.users().get_me(me).await?.into_inner();
+        self.session = Session {
+            csrf: crate::session::random_token(),
+            tokens: Some(Tokens {
+                access_expires: expiry(&response),
+                access: response.access_token,
+                refresh: response.refresh_token,
+                user_id: user.id,
+                username: user.username,
+            }),
+        };
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Forgets the tokens (the CSRF secret stays).
+    pub fn log_out(&mut self) {
+        self.session.tokens = None;
+        self.changed = true;
+    }
+
+    /// Keeps a new username in the header.
+    pub fn renamed(&mut self, username: String) {
+        if let Some(tokens) = self.session.tokens.as_mut() {
+            tokens.username = username;
+            self.changed = true;
+        }
+    }
+
+    /// `response`, storing the session first if it changed.
+    pub fn respond(self, app: &Shared, response: impl IntoResponse) -> Response {
+        let mut response = response.into_response();
+        if self.changed
+            && let Ok(cookie) = HeaderValue::from_str(&app.sealer.set_cookie(&self.session))
+        {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        response
+    }
+}
+
+/// When an access token from `response` expires, seconds since the epoch.
+fn expiry(response: &TokenResponse) -> u64 {
+    unix_now() + u64::try_from(response.expires_in).unwrap_or(0)
+}
