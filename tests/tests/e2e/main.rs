@@ -3,6 +3,7 @@
 
 mod across;
 mod attacks;
+mod browser;
 mod helpers;
 mod observe;
 mod posts;
