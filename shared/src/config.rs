@@ -63,6 +63,15 @@ pub struct CommonConfig {
     /// calls are refused at once with RESOURCE_EXHAUSTED rather than queued.
     #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 1024)]
     pub max_concurrent_calls: usize,
+    /// Origins whose browsers may call the gRPC port over gRPC-Web, comma
+    /// separated (`https://blog.example`); empty: gRPC-Web is off.
+    #[arg(
+        long,
+        env = "GRPC_WEB_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub grpc_web_allowed_origins: Vec<String>,
     /// Where the services read the time; tests advance it instead of
     /// sleeping.
     #[arg(skip)]

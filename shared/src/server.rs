@@ -4,8 +4,14 @@
 
 use std::{sync::Arc, time::Duration};
 
+use http::{HeaderName, HeaderValue, Method};
 use tonic::transport::{Server, server::Router};
-use tower::layer::util::{Identity, Stack};
+use tonic_web::GrpcWebLayer;
+use tower::{
+    layer::util::{Identity, Stack},
+    util::{Either, option_layer},
+};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
     admission::{AdmissionLayer, Limits},
@@ -21,10 +27,108 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// Most bytes of request headers (metadata) accepted.
 pub const MAX_HEADER_BYTES: u32 = 16 * 1024;
 
-/// The layers every server here puts around its services: observation
-/// outermost (so refused calls are counted too), then admission (see
+/// The layers every server here puts around its services: when gRPC-Web is
+/// on, CORS (preflights answered for the allowed origins) and the gRPC-Web
+/// translation come first, so everything inside sees plain gRPC; then
+/// observation (so refused calls are counted too), then admission (see
 /// [`crate::admission`]), which refuses what it cannot take on at once.
-pub type Layers = Stack<AdmissionLayer, Stack<ObserveLayer, Identity>>;
+pub type Layers = Stack<
+    AdmissionLayer,
+    Stack<
+        ObserveLayer,
+        Stack<
+            UniformBodyLayer,
+            Stack<Either<GrpcWebLayer, Identity>, Stack<Either<CorsLayer, Identity>, Identity>>,
+        >,
+    >,
+>;
+
+/// Gives the responses of the layers inside it tonic's body type, which
+/// the gRPC-Web translation expects of what it wraps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UniformBodyLayer;
+
+impl<S> tower::Layer<S> for UniformBodyLayer {
+    type Service = UniformBody<S>;
+
+    fn layer(&self, inner: S) -> UniformBody<S> {
+        UniformBody(inner)
+    }
+}
+
+/// See [`UniformBodyLayer`].
+#[derive(Debug, Clone)]
+pub struct UniformBody<S>(S);
+
+impl<S, Req, B> tower::Service<Req> for UniformBody<S>
+where
+    S: tower::Service<Req, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let response = self.0.call(request);
+        Box::pin(async move { Ok(response.await?.map(tonic::body::Body::new)) })
+    }
+}
+
+/// Request headers a gRPC-Web browser client may send.
+const GRPC_WEB_REQUEST_HEADERS: [&str; 7] = [
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "authorization",
+    "traceparent",
+    "x-request-id",
+];
+/// Response headers a browser client may read: the status, its message and
+/// its details (`BadRequest` field violations, `RetryInfo`).
+const GRPC_WEB_RESPONSE_HEADERS: [&str; 4] = [
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "x-request-id",
+];
+
+/// The CORS policy for gRPC-Web from `origins`; `None` when the list is
+/// empty (gRPC-Web off).
+pub fn grpc_web_cors(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .map(|o| o.trim().trim_end_matches('/'))
+        .filter(|o| !o.is_empty())
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let names = |names: &[&'static str]| -> Vec<HeaderName> {
+        names.iter().map(|n| HeaderName::from_static(n)).collect()
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::POST])
+            .allow_headers(names(&GRPC_WEB_REQUEST_HEADERS))
+            .expose_headers(names(&GRPC_WEB_RESPONSE_HEADERS))
+            .max_age(Duration::from_secs(24 * 3600)),
+    )
+}
 
 /// A tonic server with the limits every service here runs under: bounded
 /// streams per connection (announced in SETTINGS), calls admitted within
@@ -43,7 +147,11 @@ pub fn builder(
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
+    let cors = grpc_web_cors(&config.grpc_web_allowed_origins);
+    let grpc_web = cors.is_some().then(GrpcWebLayer::new);
     Ok(server
+        // Browsers speak gRPC-Web over HTTP/1.1 when there is no TLS.
+        .accept_http1(grpc_web.is_some())
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -55,6 +163,9 @@ pub fn builder(
         .max_connection_age(config.max_connection_age)
         .tcp_nodelay(true)
         .timeout(config.request_timeout)
+        .layer(option_layer(cors))
+        .layer(option_layer(grpc_web))
+        .layer(UniformBodyLayer)
         .layer(ObserveLayer::new(metrics))
         .layer(AdmissionLayer::new(Limits::new(
             config.max_concurrent_calls,

@@ -109,8 +109,12 @@ pub fn common_config() -> CommonConfig {
 /// Starts both services on fresh databases and waits until the posts-service
 /// is serving (it has the auth-service's keys).
 pub async fn spawn_stack() -> Stack {
+    spawn_stack_with(common_config()).await
+}
+
+/// [`spawn_stack`] with these shared settings.
+pub async fn spawn_stack_with(common: CommonConfig) -> Stack {
     testkit::init_logs();
-    let common = common_config();
     let auth_db = TestDatabase::new("auth").await;
     let mail = SmtpSink::start().await;
     let posts_db = TestDatabase::new("posts").await;

@@ -4,6 +4,7 @@
 mod across;
 mod attacks;
 mod browser;
+mod grpc_web;
 mod helpers;
 mod observe;
 mod posts;
