@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# One image for both services: BLOG_SERVICES=auth or BLOG_SERVICES=posts picks
-# which one a container runs (docker-compose.yml sets it).
+# One image for the whole blog: BLOG_SERVICES=auth, posts or web picks which
+# one a container runs (docker-compose.yml sets it).
 
 ARG RUST_VERSION=1.95
 
@@ -28,9 +28,10 @@ ENV AUTH_LISTEN_ADDR=0.0.0.0:50051 \
     AUTH_HTTP_ADDR=0.0.0.0:8081 \
     POSTS_LISTEN_ADDR=0.0.0.0:50052 \
     POSTS_HTTP_ADDR=0.0.0.0:8082 \
+    WEB_HTTP_ADDR=0.0.0.0:8080 \
     DATA_DIR=/home/nonroot/data \
     LOG_FORMAT=json
-EXPOSE 50051 8081 50052 8082
+EXPOSE 50051 8081 50052 8082 8080
 # 65532 is the distroless "nonroot" user.
 USER 65532:65532
 HEALTHCHECK --interval=10s --timeout=6s --start-period=20s --retries=3 \

@@ -103,6 +103,8 @@ def main():
     )
     with open(os.path.join(secret_dir, "internal_token"), "w") as f:
         f.write(secrets.token_urlsafe(32) + "\n")
+    with open(os.path.join(secret_dir, "web_session_key"), "w") as f:
+        f.write(secrets.token_urlsafe(32).rstrip("=") + "\n")
     secret_files = {
         name: os.path.normpath(os.path.join(ROOT, spec["file"])).replace(os.path.join(ROOT, "secrets"), secret_dir)
         for name, spec in compose["secrets"].items()
@@ -120,6 +122,7 @@ def main():
             value = value.replace("@postgres:5432/posts", f"@127.0.0.1:5432/{dbs['posts']}")
             value = value.replace("postgres://blog:", f"postgres://{role}:")
             value = value.replace("http://auth:", "http://127.0.0.1:")
+            value = value.replace("http://posts:", "http://127.0.0.1:")
             for name, path in secret_files.items():
                 value = value.replace(f"/run/secrets/{name}", path)
             env[key] = value
@@ -127,7 +130,7 @@ def main():
 
     processes = {}
     try:
-        for service in ["auth", "posts"]:
+        for service in ["auth", "posts", "web"]:
             log = os.path.join(work, f"{service}.log")
             LOGS.append(log)
             processes[service] = subprocess.Popen(
@@ -200,12 +203,19 @@ def main():
         assert '"totalSize": "1"' in out, out
         print("ok: list posts")
 
+        # The website, as a browser sees it: the post on the home page.
+        import urllib.request
+        page = urllib.request.urlopen("http://127.0.0.1:8080/", timeout=10).read().decode()
+        if "Deployed" not in page:
+            fail(f"the website's home page lacks the post: {page[:2000]}", LOGS)
+        print("ok: the website shows the post")
+
         for service, process in processes.items():
             process.send_signal(signal.SIGTERM)
         for service, process in processes.items():
             if process.wait(timeout=30) != 0:
                 fail(f"{service} exited with {process.returncode} on SIGTERM", LOGS)
-        print("ok: SIGTERM stops both cleanly")
+        print("ok: SIGTERM stops every service cleanly")
         print("deploy smoke: all passed")
     finally:
         for process in processes.values():

@@ -99,7 +99,11 @@ async fn main() -> anyhow::Result<()> {
         let site = web::Website::build(web::Config {
             http_addr: settings.web.web_http_addr,
             auth_url,
-            posts_url: format!("http://{}", settings.posts.posts_listen_addr),
+            posts_url: if run_posts {
+                format!("http://{}", settings.posts.posts_listen_addr)
+            } else {
+                settings.web.posts_service_url.clone()
+            },
             session_key: settings.web.session_key(&settings.common.data_dir)?,
             secure: frontend.starts_with("https://"),
         })

@@ -97,6 +97,32 @@ fn argon2_into(
     })
 }
 
+/// How long one hash takes on the calling thread with the service's own
+/// parameters and reused memory, as a hashing thread does it, at its fastest
+/// over `rounds` (after one warm-up): the ceiling that benchmarks hold
+/// logins against.
+pub fn time_one_hash(rounds: u32) -> std::time::Duration {
+    let params = params();
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let mut out = [0u8; OUTPUT_LEN];
+    let mut once = || {
+        argon2_into(
+            &argon2,
+            &params,
+            b"benchmark password",
+            b"sixteen byte salt",
+            &mut out,
+        )
+        .expect("hashing with the service's parameters")
+    };
+    once();
+    let start = std::time::Instant::now();
+    for _ in 0..rounds.max(1) {
+        once();
+    }
+    start.elapsed() / rounds.max(1)
+}
+
 /// A new PHC string for `password` with a fresh random salt.
 fn hash_here(password: &[u8]) -> anyhow::Result<String> {
     let params = params();

@@ -1,7 +1,8 @@
 //! `blog-bench`: drives the blog services, started from their release
 //! binaries, over real gRPC with a fixed number of calls in flight, and
 //! prints throughput and latency for each workload next to two ceilings
-//! measured in the same run: a bare tonic server (W0) and argon2 (W4).
+//! measured in the same run: a bare tonic server (W0) and argon2 (W4). W6
+//! loads the website's home page, next to the `ListPosts` call under it (W2).
 //!
 //! The servers are pinned to one core (`taskset -c 0`) and the load
 //! generator should run on the other (`bench/run.sh` does both), so ratios
@@ -77,6 +78,7 @@ enum Workload {
     W3,
     W4,
     W5,
+    W6,
 }
 
 impl Cli {
@@ -124,6 +126,87 @@ impl Figures {
             p50: at(0.50),
             p99: at(0.99),
         }
+    }
+}
+
+/// An HTTP/1.1 client for the website, keeping connections alive.
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// A page as `(status, Set-Cookie, body)`.
+async fn fetch(
+    client: &HttpClient,
+    request: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Result<(http::StatusCode, Option<String>, String), tonic::Status> {
+    use http_body_util::BodyExt;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let status = response.status();
+    let cookie = response
+        .headers()
+        .get(http::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+        .to_bytes();
+    Ok((status, cookie, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `GET {base}{path}` with `cookie`; anything but 200 is an error.
+async fn get_page(
+    client: &HttpClient,
+    base: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> Result<String, tonic::Status> {
+    let mut request = http::Request::get(format!("{base}{path}"));
+    if let Some(cookie) = cookie {
+        request = request.header(http::header::COOKIE, cookie);
+    }
+    let request = request.body(Default::default()).expect("a request");
+    match fetch(client, request).await? {
+        (http::StatusCode::OK, _, body) => Ok(body),
+        (status, _, _) => Err(tonic::Status::unknown(format!("HTTP {status}"))),
+    }
+}
+
+/// Logs in through the website's form; returns the session cookie.
+async fn web_login(
+    client: &HttpClient,
+    base: &str,
+    name: &str,
+    password: &str,
+) -> anyhow::Result<String> {
+    let request = http::Request::get(format!("{base}/login")).body(Default::default())?;
+    let (_, cookie, body) = fetch(client, request).await?;
+    let cookie = cookie.context("no session cookie")?;
+    let marker = r#"name="csrf_token" value=""#;
+    let start = body.find(marker).context("no login form")? + marker.len();
+    let csrf = body[start..].split('"').next().unwrap_or_default();
+    let form = format!(
+        "csrf_token={csrf}&username_or_email={name}&password={}",
+        password.replace(' ', "+")
+    );
+    let request = http::Request::post(format!("{base}/login"))
+        .header(http::header::COOKIE, cookie)
+        .header(http::header::ORIGIN, base)
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::from(form)))?;
+    match fetch(client, request).await? {
+        (http::StatusCode::SEE_OTHER, Some(cookie), _) => Ok(cookie),
+        (status, _, body) => bail!("logging in through the website: HTTP {status}: {body}"),
     }
 }
 
@@ -246,34 +329,6 @@ fn free_addr() -> SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
-}
-
-/// One argon2 verification's duration on this machine, single-threaded, at
-/// its fastest: the working memory is allocated once and reused, as the
-/// auth-service's hashing threads do.
-fn argon2_verify_time() -> Duration {
-    use argon2::{Algorithm, Argon2, Block, Params, Version};
-    let params = Params::new(19_456, 2, 1, Some(32)).unwrap();
-    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
-    let mut memory = vec![Block::default(); params.block_count()];
-    let mut out = [0u8; 32];
-    let mut once = || {
-        argon2
-            .hash_password_into_with_memory(
-                b"benchmark password",
-                b"sixteen byte salt",
-                &mut out,
-                &mut memory,
-            )
-            .unwrap()
-    };
-    once();
-    let rounds = 20;
-    let start = Instant::now();
-    for _ in 0..rounds {
-        once();
-    }
-    start.elapsed() / rounds
 }
 
 /// One argon2 verification's time on the servers' core, now: a probe
@@ -400,7 +455,7 @@ async fn run_backend(
     let data = std::env::temp_dir().join(format!("blog-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data)?;
-    let (auth_addr, posts_addr) = (free_addr(), free_addr());
+    let (auth_addr, posts_addr, web_addr) = (free_addr(), free_addr(), free_addr());
     let common = vec![
         ("INTERNAL_TOKEN", "bench-internal-token".to_owned()),
         ("DATA_DIR", data.display().to_string()),
@@ -409,6 +464,10 @@ async fn run_backend(
         ("POSTS_LISTEN_ADDR", posts_addr.to_string()),
         ("POSTS_HTTP_ADDR", free_addr().to_string()),
         ("AUTH_SERVICE_URL", format!("http://{auth_addr}")),
+        ("POSTS_SERVICE_URL", format!("http://{posts_addr}")),
+        ("WEB_HTTP_ADDR", web_addr.to_string()),
+        // A run outlasts the default 15 minutes: W6' keeps one session.
+        ("ACCESS_TOKEN_TTL_SECS", "86400".to_owned()),
         ("AUTH_DATABASE_URL", urls.0),
         ("POSTS_DATABASE_URL", urls.1),
         ("MAX_CONCURRENT_CALLS", "100000".to_owned()),
@@ -426,6 +485,11 @@ async fn run_backend(
     let auth_channel = channel(auth_addr).await?;
     let posts = spawn_pinned(cli, "posts-service", blog, &[], &with("posts"))?;
     let posts_channel = channel(posts_addr).await?;
+    let web = if cli.wants(Workload::W6) {
+        Some(spawn_pinned(cli, "web", blog, &[], &with("web"))?)
+    } else {
+        None
+    };
 
     // A user, a token, and 200 posts to read.
     let password = "benchmark password 1";
@@ -548,6 +612,75 @@ async fn run_backend(
         let runs = alternate(c, s, r, &[w0.clone(), create]).await;
         rows.extend(rows_against_w0("W3", &runs, &["W3 CreatePost"]));
     }
+    if cli.wants(Workload::W6) {
+        let base = format!("http://{web_addr}");
+        let client: HttpClient =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let mut ready = false;
+        for _ in 0..100 {
+            if get_page(&client, &base, "/", None).await.is_ok() {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !ready {
+            bail!("the website never answered");
+        }
+        let cookie = Arc::new(web_login(&client, &base, "bench", password).await?);
+        let list = {
+            let posts = posts_channel.clone();
+            call(move |_| {
+                let mut client = PostServiceClient::new(posts.clone());
+                async move {
+                    client
+                        .list_posts(ListPostsRequest {
+                            page_size: 10,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ())
+                }
+            })
+        };
+        let home = |logged_in: bool| {
+            let (client, base, cookie) = (client.clone(), base.clone(), cookie.clone());
+            call(move |_| {
+                let (client, base, cookie) = (client.clone(), base.clone(), cookie.clone());
+                async move {
+                    let cookie = logged_in.then_some(cookie.as_str());
+                    let body = get_page(&client, &base, "/", cookie).await?;
+                    if logged_in && !body.contains("Log out") {
+                        return Err(tonic::Status::unauthenticated("not logged in"));
+                    }
+                    Ok(())
+                }
+            })
+        };
+        let runs = alternate(c, s, r, &[list, home(false), home(true)]).await;
+        rows.push(row(
+            "W2 ListPosts (10), W6's reference",
+            &median_figures(&runs[0]),
+            None,
+        ));
+        rows.push(row(
+            "W6 home page, anonymous",
+            &median_figures(&runs[1]),
+            Some(format!(
+                "{:.2} x W2",
+                median_ratio(&runs[0], &runs[1], rate)
+            )),
+        ));
+        rows.push(row(
+            "W6' home page, logged in",
+            &median_figures(&runs[2]),
+            Some(format!(
+                "{:.2} x W2",
+                median_ratio(&runs[0], &runs[2], rate)
+            )),
+        ));
+    }
     let login = {
         let auth = auth_channel.clone();
         move |_| {
@@ -643,13 +776,17 @@ async fn run_backend(
     for note in notes {
         println!("- {note}");
     }
-    for server in [&auth, &posts] {
+    for server in [Some(&auth), Some(&posts), web.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         println!(
             "- {} peak RSS: {:.1} MiB",
             server.name,
             server.peak_rss_mib()
         );
     }
+    drop(web);
     drop(posts);
     drop(auth);
     let _ = std::fs::remove_dir_all(&data);
@@ -678,7 +815,7 @@ async fn noop_server(addr: SocketAddr) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.argon2_probe {
-        println!("{}", argon2_verify_time().as_micros());
+        println!("{}", auth_service::password::time_one_hash(20).as_micros());
         return Ok(());
     }
     if let Some(addr) = cli.noop_server {

@@ -16,11 +16,22 @@ pub struct WebArgs {
     /// Where the website listens.
     #[arg(long, env = "WEB_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub web_http_addr: SocketAddr,
+    /// The posts-service's gRPC address (when this process does not run it).
+    #[arg(
+        long,
+        env = "POSTS_SERVICE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub posts_service_url: String,
     /// The key sealing session cookies: 32 bytes, base64url. Every replica
     /// behind one balancer needs the same. When unset, one is generated once
     /// under the data directory, which suits a single machine only.
     #[arg(long, env = "WEB_SESSION_KEY", hide_env_values = true)]
     pub web_session_key: Option<String>,
+    /// A file holding the session key (a mounted secret), used when
+    /// `WEB_SESSION_KEY` is unset.
+    #[arg(long, env = "WEB_SESSION_KEY_FILE")]
+    pub web_session_key_file: Option<PathBuf>,
 }
 
 /// Everything the website needs to run.
@@ -65,12 +76,20 @@ impl Config {
 }
 
 impl WebArgs {
-    /// The session key: `WEB_SESSION_KEY`, else the one kept under
-    /// `data_dir` (generated on first start, readable by this user only).
+    /// The session key: `WEB_SESSION_KEY`, else the contents of
+    /// `WEB_SESSION_KEY_FILE`, else the one kept under `data_dir` (generated
+    /// on first start, readable by this user only).
     pub fn session_key(&self, data_dir: &Path) -> anyhow::Result<[u8; 32]> {
         if let Some(raw) = &self.web_session_key {
             return parse_key(raw.trim())
                 .ok_or_else(|| anyhow::anyhow!("WEB_SESSION_KEY is not 32 bytes of base64url"));
+        }
+        if let Some(path) = &self.web_session_key_file {
+            let raw = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            return parse_key(raw.trim()).ok_or_else(|| {
+                anyhow::anyhow!("{} does not hold 32 bytes of base64url", path.display())
+            });
         }
         let path: PathBuf = data_dir.join("web-session.key");
         if let Ok(raw) = std::fs::read_to_string(&path) {

@@ -221,3 +221,48 @@ pub fn encode_component(value: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_become_the_pages_a_person_expects() {
+        let page = |code, message: &str| from_status(&tonic::Status::new(code, message));
+        assert!(page(Code::Unauthenticated, "").login);
+        assert_eq!(
+            page(Code::PermissionDenied, "").status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(page(Code::NotFound, "").status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            page(Code::Unavailable, "").status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let limited = page(Code::ResourceExhausted, "");
+        assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.retry_after, Some(1));
+        for code in [
+            Code::Internal,
+            Code::Unknown,
+            Code::DataLoss,
+            Code::Unimplemented,
+        ] {
+            let failed = page(code, "a secret detail");
+            assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(failed.quote_id, "a 500 quotes the request id");
+            assert!(!failed.message.contains("secret"), "and shows no detail");
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_the_delay_up_to_whole_seconds() {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let status = tonic::Status::with_error_details(
+            Code::ResourceExhausted,
+            "slow down",
+            ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(2500))),
+        );
+        assert_eq!(from_status(&status).retry_after, Some(3));
+    }
+}

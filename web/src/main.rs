@@ -19,13 +19,6 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     auth_service_url: String,
-    /// The posts-service's gRPC address.
-    #[arg(
-        long,
-        env = "POSTS_SERVICE_URL",
-        default_value = "http://127.0.0.1:50052"
-    )]
-    posts_service_url: String,
     /// The site's public address; `https://` makes cookies `Secure`.
     #[arg(long, env = "FRONTEND_URL")]
     frontend_url: Option<String>,
@@ -46,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config {
         http_addr: cli.web.web_http_addr,
         auth_url: cli.auth_service_url,
-        posts_url: cli.posts_service_url,
+        posts_url: cli.web.posts_service_url.clone(),
         session_key: cli.web.session_key(&cli.data_dir)?,
         secure: cli
             .frontend_url

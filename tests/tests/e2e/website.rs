@@ -514,3 +514,79 @@ async fn the_home_page_pages_through_older_posts() {
     assert!(!second.body.contains("Post number 11"));
     assert!(!second.body.contains(r#"rel="next""#));
 }
+
+#[tokio::test]
+async fn an_expiring_access_token_is_refreshed_without_the_person_noticing() {
+    let mut common = crate::helpers::common_config();
+    // Shorter than the website's refresh margin: every page refreshes.
+    common.access_token_ttl = Duration::from_secs(5);
+    let stack = crate::helpers::spawn_stack_with(common).await;
+    let site = Site::start(&stack).await;
+    let mut alice = site.visitor();
+    alice.register("alice").await;
+    let before = alice.cookie.clone();
+    let home = alice.get("/").await;
+    assert!(home.body.contains("Log out"), "{}", home.body);
+    assert!(
+        home.headers.contains_key(header::SET_COOKIE),
+        "new tokens, new cookie"
+    );
+    assert_ne!(alice.cookie, before);
+    // The rotated refresh token keeps working, page after page.
+    for _ in 0..3 {
+        assert!(alice.get("/account").await.body.contains("Your account"));
+    }
+    alice.publish("Still here", "Refreshed.").await;
+}
+
+#[tokio::test]
+async fn too_many_attempts_show_a_429_page_with_retry_after() {
+    let stack = spawn_stack().await;
+    let site = Site::start(&stack).await;
+    let mut alice = site.visitor();
+    alice.register("alice").await;
+    alice.submit("/", "/logout", &[]).await;
+    let mut last = None;
+    for _ in 0..10 {
+        let page = alice
+            .submit(
+                "/login",
+                "/login",
+                &[
+                    ("username_or_email", "alice"),
+                    ("password", "wrong password!"),
+                ],
+            )
+            .await;
+        if page.status == StatusCode::TOO_MANY_REQUESTS {
+            last = Some(page);
+            break;
+        }
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    }
+    let page = last.expect("logins are throttled");
+    let retry: u64 = page.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "{retry}");
+    assert!(page.body.contains("Too many requests"));
+}
+
+#[tokio::test]
+async fn a_service_that_is_down_shows_a_503_page() {
+    let mut stack = spawn_stack().await;
+    let site = Site::start(&stack).await;
+    let mut visitor = site.visitor();
+    assert_eq!(visitor.get("/").await.status, StatusCode::OK);
+    stack.posts_service.stop().await;
+    let page = visitor.get("/").await;
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(page.body.contains("unavailable"), "{}", page.body);
+    assert_eq!(
+        visitor.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(visitor.get("/healthz").await.status, StatusCode::OK);
+}
