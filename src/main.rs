@@ -6,6 +6,7 @@
 //! for their health, for container health checks.
 
 use clap::ValueEnum;
+use secrecy::ExposeSecret;
 use shared::cli::{Cli, check_health};
 use tokio::{sync::watch, task::JoinSet};
 
@@ -106,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
             },
             session_key: settings.web.session_key(&settings.common.data_dir)?,
             secure: frontend.starts_with("https://"),
+            internal_token: Some(settings.common.internal_token()?.expose_secret().to_owned()),
         })
         .await?;
         running.spawn(site.run(until_stopped()));

@@ -107,7 +107,36 @@ pub struct AppState {
     pub limits: LimitConfig,
 }
 
+/// The metadata in which a component of the deployment that calls on
+/// behalf of others (the website) names the client it serves. Believed only
+/// with the internal token beside it.
+pub const FORWARDED_FOR_HEADER: &str = "x-forwarded-for";
+
 impl AppState {
+    /// The address the per-address limits count `request` under: the TCP
+    /// peer's, or, when the call carries the internal token (it comes from
+    /// the website, which calls on behalf of its visitors), the address in
+    /// `x-forwarded-for`. Without the token that header is ignored, so no
+    /// client can pick its own address.
+    pub fn client_address<T>(&self, request: &tonic::Request<T>) -> Option<std::net::IpAddr> {
+        let metadata = request.metadata();
+        let forwarded = metadata
+            .get(FORWARDED_FOR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        if let Some(forwarded) = forwarded {
+            let presented = metadata
+                .get(service::INTERNAL_TOKEN_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if shared::secret::constant_time_eq(presented, self.internal_token.expose_secret()) {
+                return Some(forwarded);
+            }
+        }
+        request.remote_addr().map(|a| a.ip())
+    }
+
     /// The caller's own account; a token whose account is gone is an
     /// invalid token.
     pub async fn my_account(&self, me: &CurrentUser) -> Result<store::UserRecord> {

@@ -49,6 +49,11 @@ pub struct Config {
     /// with `https://`): then cookies are `Secure` and `__Host-`, and HSTS
     /// is sent.
     pub secure: bool,
+    /// The deployment's internal token. With it the website tells the
+    /// auth-service which visitor's address each call is for, so that
+    /// per-address limits count visitors, not the website; without it they
+    /// all share the website's address.
+    pub internal_token: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -71,6 +76,7 @@ impl Config {
             posts_url,
             session_key: [7; 32],
             secure: false,
+            internal_token: None,
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct App {
     pub sealer: Sealer,
     /// Whether the site is served over HTTPS.
     pub secure: bool,
+    /// The internal token, as call metadata, when configured.
+    pub internal_token: Option<tonic::metadata::AsciiMetadataValue>,
     auth_channel: Channel,
     posts_channel: Channel,
 }
@@ -83,12 +85,19 @@ impl Website {
                 .timeout(std::time::Duration::from_secs(30))
                 .connect_lazy())
         };
-        let app = Arc::new(App {
-            sealer: Sealer::new(&config.session_key, config.secure),
-            secure: config.secure,
-            auth_channel: channel(&config.auth_url)?,
-            posts_channel: channel(&config.posts_url)?,
-        });
+        let app =
+            Arc::new(App {
+                sealer: Sealer::new(&config.session_key, config.secure),
+                secure: config.secure,
+                internal_token: match &config.internal_token {
+                    Some(token) => Some(token.parse().map_err(|_| {
+                        anyhow::anyhow!("the internal token is not valid metadata")
+                    })?),
+                    None => None,
+                },
+                auth_channel: channel(&config.auth_url)?,
+                posts_channel: channel(&config.posts_url)?,
+            });
         let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "website listening");
         Ok(Self {
@@ -107,7 +116,10 @@ impl Website {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await?;
         Ok(())

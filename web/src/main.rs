@@ -22,6 +22,14 @@ struct Cli {
     /// The site's public address; `https://` makes cookies `Secure`.
     #[arg(long, env = "FRONTEND_URL")]
     frontend_url: Option<String>,
+    /// The deployment's internal token: with it, the auth-service counts
+    /// its per-address limits per visitor rather than for the website.
+    #[arg(long, env = "INTERNAL_TOKEN", hide_env_values = true)]
+    internal_token: Option<String>,
+    /// A file holding the internal token, used when `INTERNAL_TOKEN` is
+    /// unset.
+    #[arg(long, env = "INTERNAL_TOKEN_FILE")]
+    internal_token_file: Option<PathBuf>,
     /// Where the generated session key is kept when `WEB_SESSION_KEY` is
     /// unset.
     #[arg(long, env = "DATA_DIR", default_value = "data")]
@@ -44,6 +52,11 @@ async fn main() -> anyhow::Result<()> {
         secure: cli
             .frontend_url
             .is_some_and(|url| url.starts_with("https://")),
+        internal_token: match (cli.internal_token, &cli.internal_token_file) {
+            (Some(token), _) => Some(token),
+            (None, Some(path)) => Some(std::fs::read_to_string(path)?.trim().to_owned()),
+            (None, None) => None,
+        },
     };
     let site = Website::build(config).await?;
     site.run(web::shutdown_signal()).await

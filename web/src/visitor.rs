@@ -3,14 +3,17 @@
 //! before the handler runs. A handler hands its response back through
 //! [`Visitor::respond`], which stores the session if it changed.
 
-use std::convert::Infallible;
+use std::{convert::Infallible, net::SocketAddr};
 
 use axum::{
-    extract::FromRequestParts,
+    extract::{ConnectInfo, FromRequestParts},
     http::{HeaderValue, header, request::Parts},
     response::{IntoResponse, Response},
 };
-use tonic::Code;
+use tonic::{
+    Code,
+    metadata::{Ascii, MetadataValue},
+};
 
 use proto::auth::{GetMeRequest, RefreshTokenRequest, TokenResponse};
 
@@ -40,21 +43,28 @@ pub struct Visitor {
     pub session: Session,
     /// Whether the cookie must be written back.
     changed: bool,
+    /// `(x-internal-token, x-forwarded-for)` to name the visitor's address
+    /// to the auth-service, when the website has the internal token.
+    forward: Option<(MetadataValue<Ascii>, MetadataValue<Ascii>)>,
 }
 
 impl FromRequestParts<Shared> for Visitor {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, app: &Shared) -> Result<Self, Infallible> {
-        let mut visitor = match app.sealer.from_headers(&parts.headers) {
-            Some(session) => Self {
-                session,
-                changed: false,
-            },
-            None => Self {
-                session: Session::new(),
-                changed: true,
-            },
+        let address = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .and_then(|ConnectInfo(peer)| peer.ip().to_string().parse().ok());
+        let forward = app.internal_token.clone().zip(address);
+        let (session, changed) = match app.sealer.from_headers(&parts.headers) {
+            Some(session) => (session, false),
+            None => (Session::new(), true),
+        };
+        let mut visitor = Self {
+            session,
+            changed,
+            forward,
         };
         visitor.refresh_if_due(app).await;
         Ok(visitor)
@@ -69,9 +79,9 @@ impl Visitor {
         if tokens.access_expires > unix_now() + REFRESH_MARGIN_SECS {
             return;
         }
-        let request = RefreshTokenRequest {
+        let request = self.plain(RefreshTokenRequest {
             refresh_token: tokens.refresh.clone(),
-        };
+        });
         match app.auth().refresh_token(request).await {
             Ok(response) => {
                 let response = response.into_inner();
@@ -116,9 +126,20 @@ impl Visitor {
         }
     }
 
+    /// `message` as a call on the visitor's behalf, without their token.
+    pub fn plain<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some((token, address)) = &self.forward {
+            let metadata = request.metadata_mut();
+            metadata.insert("x-internal-token", token.clone());
+            metadata.insert("x-forwarded-for", address.clone());
+        }
+        request
+    }
+
     /// `message` as a call with the visitor's access token, if any.
     pub fn call<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
+        let mut request = self.plain(message);
         if let Some(tokens) = self.tokens()
             && let Ok(value) = format!("Bearer {}", tokens.access).parse()
         {
@@ -130,7 +151,7 @@ impl Visitor {
     /// Logs in with a fresh token pair, learning who it is for. A new CSRF
     /// secret comes with the new session (no fixation across login).
     pub async fn log_in(&mut self, app: &Shared, response: TokenResponse) -> Result<(), PageError> {
-        let mut me = tonic::Request::new(GetMeRequest {});
+        let mut me = self.plain(GetMeRequest {});
         me.metadata_mut().insert(
             "authorization",
             format!("Bearer {}", response.access_token)

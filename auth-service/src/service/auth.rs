@@ -44,7 +44,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<TokenResponse>, Status> {
-        let address = request.remote_addr().map(|a| a.ip());
+        let address = self.state.client_address(&request);
         let request = request.into_inner();
         let mut errors = FieldErrors::default();
         let name = errors.check(
@@ -98,7 +98,7 @@ impl AuthService for AuthApi {
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<()>, Status> {
         let me = self.state.sessions.require_live(&request).await?;
-        let address = request.remote_addr().map(|a| a.ip());
+        let address = self.state.client_address(&request);
         let request = request.into_inner();
         let mut errors = FieldErrors::default();
         let current = errors.check(
@@ -138,7 +138,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<RequestPasswordResetRequest>,
     ) -> Result<Response<()>, Status> {
-        let address = request.remote_addr().map(|a| a.ip());
+        let address = self.state.client_address(&request);
         let email = Email::parse(&request.into_inner().email)
             .map_err(|e| Error::from(FieldErrors::single("email", e)))?;
         let limits = &self.state.limits;

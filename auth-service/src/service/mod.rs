@@ -6,5 +6,5 @@ mod events;
 mod users;
 
 pub use auth::AuthApi;
-pub use events::UserEventsApi;
+pub use events::{INTERNAL_TOKEN_HEADER, UserEventsApi};
 pub use users::UsersApi;

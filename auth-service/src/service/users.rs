@@ -50,7 +50,7 @@ impl UserService for UsersApi {
         &self,
         request: Request<CreateUserRequest>,
     ) -> Result<Response<User>, Status> {
-        let address = request.remote_addr().map(|a| a.ip());
+        let address = self.state.client_address(&request);
         let request = request.into_inner();
         let mut errors = FieldErrors::default();
         let username = errors.check("username", Username::parse(&request.username));
@@ -120,7 +120,7 @@ impl UserService for UsersApi {
     #[tracing::instrument(skip_all)]
     async fn update_me(&self, request: Request<UpdateMeRequest>) -> Result<Response<User>, Status> {
         let me = self.state.sessions.require_live(&request).await?;
-        let address = request.remote_addr().map(|a| a.ip());
+        let address = self.state.client_address(&request);
         let request = request.into_inner();
         let mut errors = FieldErrors::default();
         let username = request
@@ -176,7 +176,7 @@ impl UserService for UsersApi {
     #[tracing::instrument(skip_all)]
     async fn delete_me(&self, request: Request<DeleteMeRequest>) -> Result<Response<()>, Status> {
         let me = self.state.sessions.require_live(&request).await?;
-        let address = request.remote_addr().map(|a| a.ip());
+        let address = self.state.client_address(&request);
         let password = Password::presented(request.into_inner().password)
             .map_err(|e| Error::from(FieldErrors::single("password", e)))?;
         let user = self.state.my_account(&me).await?;

@@ -800,6 +800,61 @@ async fn registrations_are_limited_per_address() {
 }
 
 #[tokio::test]
+async fn a_forwarded_address_counts_only_with_the_internal_token() {
+    let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
+        config.auth.limits.registration_burst = 2;
+    })
+    .await;
+    let from = client_from(&app, [127, 0, 0, 98]).await;
+    let mut users = proto::auth::user_service_client::UserServiceClient::new(from);
+    let register = |forwarded: &'static str, token: &'static str| {
+        let user = TestUser::generate();
+        let mut request = Request::new(CreateUserRequest {
+            username: user.username,
+            email: user.email,
+            password: user.password,
+        });
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", forwarded.parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("x-internal-token", token.parse().unwrap());
+        request
+    };
+    let token = crate::helpers::INTERNAL_TOKEN;
+    // The website names each visitor: each address has its own budget.
+    for _ in 0..2 {
+        users
+            .create_user(register("203.0.113.1", token))
+            .await
+            .unwrap();
+    }
+    let status = users
+        .create_user(register("203.0.113.1", token))
+        .await
+        .unwrap_err();
+    assert_retry_later(&status);
+    users
+        .create_user(register("203.0.113.2", token))
+        .await
+        .unwrap();
+    // Without the token the header is ignored: the peer's address counts,
+    // so a client cannot pick a fresh address for every call.
+    for _ in 0..2 {
+        users
+            .create_user(register("198.51.100.7", "not the token"))
+            .await
+            .unwrap();
+    }
+    let status = users
+        .create_user(register("198.51.100.8", "not the token"))
+        .await
+        .unwrap_err();
+    assert_retry_later(&status);
+}
+
+#[tokio::test]
 async fn local_files_are_private_and_odd_avatar_paths_are_plain_404s() {
     use std::os::unix::fs::PermissionsExt;
     let app = spawn_app().await;

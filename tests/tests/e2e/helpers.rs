@@ -114,12 +114,23 @@ pub async fn spawn_stack() -> Stack {
 
 /// [`spawn_stack`] with these shared settings.
 pub async fn spawn_stack_with(common: CommonConfig) -> Stack {
+    spawn_stack_adjusted(common, |_| {}).await
+}
+
+/// [`spawn_stack`] with these shared settings and the auth-service's
+/// adjusted by `adjust`.
+pub async fn spawn_stack_adjusted(
+    common: CommonConfig,
+    adjust: impl FnOnce(&mut auth_service::Config),
+) -> Stack {
     testkit::init_logs();
     let auth_db = TestDatabase::new("auth").await;
     let mail = SmtpSink::start().await;
     let posts_db = TestDatabase::new("posts").await;
 
-    let auth = auth_service::Application::build(auth_config(&auth_db, &mail, &common))
+    let mut config = auth_config(&auth_db, &mail, &common);
+    adjust(&mut config);
+    let auth = auth_service::Application::build(config)
         .await
         .expect("building the auth-service");
     let auth_state = auth.state();
@@ -265,6 +276,17 @@ pub struct TestUser {
 }
 
 impl Stack {
+    /// The internal token both services share.
+    pub fn internal_token(&self) -> String {
+        use secrecy::ExposeSecret;
+        self.common
+            .internal_token
+            .as_ref()
+            .expect("stacks have an internal token")
+            .expose_secret()
+            .to_owned()
+    }
+
     /// The posts-service's health, overall.
     pub async fn posts_health(&self) -> ServingStatus {
         health(self.posts_service.addr).await

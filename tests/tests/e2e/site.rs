@@ -25,10 +25,21 @@ impl Drop for Site {
 impl Site {
     /// A website over `stack`'s two services.
     pub async fn start(stack: &Stack) -> Self {
-        let config = web::Config::for_tests(
+        Self::start_with(stack, None).await
+    }
+
+    /// A website that names its visitors' addresses to the auth-service
+    /// with the stack's internal token.
+    pub async fn start_forwarding(stack: &Stack) -> Self {
+        Self::start_with(stack, Some(stack.internal_token())).await
+    }
+
+    async fn start_with(stack: &Stack, internal_token: Option<String>) -> Self {
+        let mut config = web::Config::for_tests(
             format!("http://{}", stack.auth_service.addr),
             format!("http://{}", stack.posts_service.addr),
         );
+        config.internal_token = internal_token;
         let site = web::Website::build(config)
             .await
             .expect("building the website");
@@ -39,10 +50,16 @@ impl Site {
 
     /// A fresh visitor.
     pub fn visitor(&self) -> Browser {
+        self.visitor_from([127, 0, 0, 1])
+    }
+
+    /// A fresh visitor connecting from this loopback address.
+    pub fn visitor_from(&self, address: [u8; 4]) -> Browser {
         Browser {
             base: format!("http://{}", self.addr),
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .local_address(std::net::IpAddr::from(address))
                 .build()
                 .unwrap(),
             cookie: None,

@@ -590,3 +590,29 @@ async fn a_service_that_is_down_shows_a_503_page() {
     );
     assert_eq!(visitor.get("/healthz").await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_auth_service_counts_each_visitors_address_not_the_websites() {
+    let stack = crate::helpers::spawn_stack_adjusted(crate::helpers::common_config(), |auth| {
+        auth.auth.limits.registration_burst = 1;
+    })
+    .await;
+    let site = Site::start_forwarding(&stack).await;
+    // Two people, two addresses: each has a registration of their own.
+    site.visitor_from([127, 0, 0, 2]).register("first").await;
+    site.visitor_from([127, 0, 0, 3]).register("second").await;
+    // A second one from the same address is over that address's budget.
+    let mut again = site.visitor_from([127, 0, 0, 2]);
+    let page = again
+        .submit(
+            "/register",
+            "/register",
+            &[
+                ("username", "third"),
+                ("email", "third@example.com"),
+                ("password", "third password"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS, "{}", page.body);
+}

@@ -109,11 +109,11 @@ pub async fn register(
     visitor.check_csrf(&input.csrf_token)?;
     let created = app
         .users()
-        .create_user(CreateUserRequest {
+        .create_user(visitor.plain(CreateUserRequest {
             username: input.username.clone(),
             email: input.email.clone(),
             password: input.password.clone(),
-        })
+        }))
         .await;
     if let Err(status) = created {
         if is_form_error(&status) {
@@ -124,10 +124,10 @@ pub async fn register(
     }
     let tokens = app
         .auth()
-        .login(LoginRequest {
+        .login(visitor.plain(LoginRequest {
             username_or_email: input.username.trim().to_owned(),
             password: input.password,
-        })
+        }))
         .await?
         .into_inner();
     visitor.log_in(&app, tokens).await?;
@@ -186,10 +186,10 @@ pub async fn login(
     let next = safe_next(&next.next).to_owned();
     let result = app
         .auth()
-        .login(LoginRequest {
+        .login(visitor.plain(LoginRequest {
             username_or_email: input.username_or_email.clone(),
             password: input.password,
-        })
+        }))
         .await;
     match result {
         Ok(tokens) => {
@@ -285,9 +285,9 @@ pub async fn forgot(
     visitor.check_csrf(&input.csrf_token)?;
     let sent = app
         .auth()
-        .request_password_reset(RequestPasswordResetRequest {
+        .request_password_reset(visitor.plain(RequestPasswordResetRequest {
             email: input.email.clone(),
-        })
+        }))
         .await;
     match sent {
         Ok(_) => {
@@ -359,10 +359,10 @@ pub async fn reset(
     visitor.check_csrf(&input.csrf_token)?;
     let reset = app
         .auth()
-        .reset_password(ResetPasswordRequest {
+        .reset_password(visitor.plain(ResetPasswordRequest {
             token: link.token.clone(),
             new_password: input.new_password,
-        })
+        }))
         .await;
     match reset {
         Ok(_) => {
