@@ -6,6 +6,7 @@ use std::{str::FromStr, time::Duration};
 
 use sqlx::{
     PgPool, SqlitePool,
+    migrate::Migrator,
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
@@ -208,6 +209,17 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// One migrator from the migrations every backend shares (`common`, SQL
+/// both dialects run as written) and this backend's own, in version order.
+/// A migration keeps its version and checksum wherever its file lives, so
+/// moving an identical file into the shared folder changes nothing for a
+/// database that has applied it.
+pub fn migrations(common: &Migrator, own: &Migrator) -> Migrator {
+    let mut all: Vec<_> = common.iter().chain(own.iter()).cloned().collect();
+    all.sort_by_key(|m| m.version);
+    Migrator::with_migrations(all)
 }
 
 #[cfg(test)]

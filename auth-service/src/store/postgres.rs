@@ -16,10 +16,13 @@ impl PgStore {
     /// Connects and applies the migrations.
     pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Self> {
         let pool = shared::db::open_postgres(url, acquire_timeout).await?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(|e| anyhow::anyhow!("migrating the auth database: {e}"))?;
+        shared::db::migrations(
+            &sqlx::migrate!("./migrations/common"),
+            &sqlx::migrate!("./migrations/postgres"),
+        )
+        .run(&pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("migrating the auth database: {e}"))?;
         Self::open(pool.clone(), pool).await
     }
 }

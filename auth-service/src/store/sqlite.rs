@@ -17,10 +17,13 @@ impl SqliteStore {
     /// Opens (creating if missing, with its directory) and migrates.
     pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Self> {
         let pools = shared::db::open_sqlite(url, acquire_timeout).await?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pools.write)
-            .await
-            .map_err(|e| anyhow::anyhow!("migrating the auth database: {e}"))?;
+        shared::db::migrations(
+            &sqlx::migrate!("./migrations/common"),
+            &sqlx::migrate!("./migrations/sqlite"),
+        )
+        .run(&pools.write)
+        .await
+        .map_err(|e| anyhow::anyhow!("migrating the auth database: {e}"))?;
         Self::open(pools.read, pools.write).await
     }
 }
