@@ -266,3 +266,59 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// The response head of `GET path` from a website.
+    async fn head(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: blog.test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+            .split("\r\n\r\n")
+            .next()
+            .unwrap()
+            .to_ascii_lowercase()
+    }
+
+    #[tokio::test]
+    async fn over_https_cookies_are_secure_and_hsts_is_sent() {
+        // Nothing answers at these addresses: the pages below need no call.
+        let mut config =
+            Config::for_tests("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into());
+        config.secure = true;
+        let site = Website::build(config).await.unwrap();
+        let addr = site.local_addr();
+        tokio::spawn(site.run(std::future::pending()));
+        let login = head(addr, "/login").await;
+        assert!(login.starts_with("http/1.1 200"), "{login}");
+        assert!(
+            login.contains("strict-transport-security: max-age="),
+            "{login}"
+        );
+        assert!(
+            login.contains("set-cookie: __host-blog_session="),
+            "{login}"
+        );
+        assert!(login.contains("; secure"), "{login}");
+        assert!(head(addr, "/healthz").await.starts_with("http/1.1 200"));
+    }
+
+    #[tokio::test]
+    async fn over_plain_http_there_is_no_hsts() {
+        let config = Config::for_tests("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into());
+        let site = Website::build(config).await.unwrap();
+        let addr = site.local_addr();
+        tokio::spawn(site.run(std::future::pending()));
+        let login = head(addr, "/login").await;
+        assert!(!login.contains("strict-transport-security"), "{login}");
+        assert!(login.contains("set-cookie: blog_session="), "{login}");
+    }
+}
