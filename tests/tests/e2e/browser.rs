@@ -99,7 +99,7 @@ impl Driver {
             .join("..")
             .join("screenshots");
         std::fs::create_dir_all(&shots).unwrap();
-        Some(Self {
+        let driver = Self {
             process,
             http,
             session,
@@ -107,10 +107,28 @@ impl Driver {
             shots,
             name,
             step: 0,
-        })
+        };
+        // A page still loading gets a moment to show what is looked for.
+        driver
+            .command(
+                reqwest::Method::POST,
+                "/timeouts",
+                Some(json!({"implicit": 15000})),
+            )
+            .await;
+        Some(driver)
     }
 
     async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let answer = self.try_command(method, path, body).await;
+        if answer.get("error").is_some() {
+            panic!("WebDriver {path}: {answer}");
+        }
+        answer
+    }
+
+    /// A command's `value`, which holds `error` when it failed.
+    async fn try_command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let mut request = self.http.request(method, url);
         if let Some(body) = body {
@@ -120,9 +138,6 @@ impl Driver {
         }
         let answer = request.send().await.unwrap().text().await.unwrap();
         let answer: Value = serde_json::from_str(&answer).unwrap();
-        if answer["value"].get("error").is_some() {
-            panic!("WebDriver {path}: {}", answer["value"]);
-        }
         answer["value"].clone()
     }
 
@@ -187,6 +202,34 @@ impl Driver {
             .to_owned()
     }
 
+    /// Waits (up to fifteen seconds) until the page shows `text`; returns
+    /// the page's source.
+    async fn wait_for(&self, text: &str) -> String {
+        let mut source = String::new();
+        for _ in 0..300 {
+            source = self.source().await;
+            if source.contains(text) {
+                return source;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the page never showed {text:?}: {source}");
+    }
+
+    /// Waits (up to fifteen seconds) until the browser is at `path`.
+    async fn wait_at(&self, path: &str) {
+        for _ in 0..300 {
+            if self.path().await == path {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the browser never reached {path}, it is at {}",
+            self.path().await
+        );
+    }
+
     async fn path(&self) -> String {
         let url = self.command(reqwest::Method::GET, "/url", None).await;
         let url = url.as_str().unwrap();
@@ -239,7 +282,7 @@ async fn a_person_uses_the_whole_blog_in_chromium() {
     // Register.
     browser.go(&format!("{base}/")).await;
     browser.click("a[href='/register']").await;
-    assert_eq!(browser.path().await, "/register");
+    browser.wait_at("/register").await;
     browser.type_into("#username", "alice").await;
     browser.type_into("#email", "alice@example.com").await;
     browser
@@ -247,8 +290,8 @@ async fn a_person_uses_the_whole_blog_in_chromium() {
         .await;
     browser.screenshot("register").await;
     browser.click("main button[type=submit]").await;
-    assert_eq!(browser.path().await, "/");
-    assert!(browser.source().await.contains("Log out"));
+    browser.wait_at("/").await;
+    browser.wait_for("Log out").await;
 
     // Write a post.
     browser.click("a[href='/posts/new']").await;
@@ -258,9 +301,10 @@ async fn a_person_uses_the_whole_blog_in_chromium() {
         .await;
     browser.screenshot("new-post").await;
     browser.click("main button[type=submit]").await;
+    browser.wait_for("Typed by a real browser.").await;
     let post = browser.path().await;
     assert!(post.starts_with("/posts/"), "{post}");
-    assert!(browser.source().await.contains("Typed by a real browser."));
+    browser.wait_for("Typed by a real browser.").await;
     browser.screenshot("post").await;
 
     // Edit it.
@@ -269,14 +313,14 @@ async fn a_person_uses_the_whole_blog_in_chromium() {
         .type_into("#title", "Hello again from Chromium")
         .await;
     browser.click("main button[type=submit]").await;
-    assert_eq!(browser.path().await, post);
-    assert!(browser.source().await.contains("Hello again from Chromium"));
+    browser.wait_at(&post).await;
+    browser.wait_for("Hello again from Chromium").await;
 
     // A refused form shows its problem beside the field.
     browser.click(&format!("a[href='{post}/edit']")).await;
     browser.type_into("#title", " ").await;
     browser.click("main button[type=submit]").await;
-    assert!(browser.source().await.contains("title-error"));
+    browser.wait_for("title-error").await;
     browser.screenshot("edit-refused").await;
 
     // Upload a profile picture.
@@ -287,23 +331,22 @@ async fn a_person_uses_the_whole_blog_in_chromium() {
     browser
         .click("form[action='/account/picture'] button")
         .await;
-    assert!(browser.source().await.contains("Picture saved."));
+    browser.wait_for("Picture saved.").await;
     browser.screenshot("account").await;
     let _ = std::fs::remove_file(&picture);
     browser.go(&format!("{base}/")).await;
-    let home = browser.source().await;
-    assert!(home.contains("class=\"avatar small\""), "{home}");
+    browser.wait_for("class=\"avatar small\"").await;
     browser.screenshot("home").await;
 
     // Log out, and back in.
     browser.click("form[action='/logout'] button").await;
-    assert!(browser.source().await.contains("href=\"/login\""));
+    browser.wait_for("href=\"/login\"").await;
     browser.click("a[href='/login']").await;
     browser.type_into("#username_or_email", "alice").await;
     browser
         .type_into("#password", "alice's long password")
         .await;
     browser.click("main button[type=submit]").await;
-    assert!(browser.source().await.contains("Log out"));
+    browser.wait_for("Log out").await;
     browser.screenshot("logged-in-again").await;
 }

@@ -15,7 +15,7 @@ use proto::auth::{
     UpdateMeRequest, User,
 };
 
-use super::{Field, FormView, is_form_error, posts::internal};
+use super::{Field, FormView, Plain, internal, is_form_error};
 use crate::{Shared, error::PageError, visitor::Nav, visitor::Visitor};
 
 /// Largest upload taken, a little over the auth-service's own limit so
@@ -107,6 +107,32 @@ impl Render {
     }
 }
 
+/// The page again with `form` (one of [`forms`]) showing why `status`
+/// refused it.
+fn refused(
+    app: &Shared,
+    visitor: Visitor,
+    user: &User,
+    form: FormView,
+    status: &tonic::Status,
+) -> Result<Response, PageError> {
+    render(
+        app,
+        visitor,
+        user,
+        Render {
+            failed: Some(form.refused(status)),
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            ..Render::ok(None)
+        },
+    )
+}
+
+/// Whether the account page shows `status` on the form that caused it.
+fn on_the_form(status: &tonic::Status) -> bool {
+    is_form_error(status) || status.code() == tonic::Code::PermissionDenied
+}
+
 fn render(app: &Shared, visitor: Visitor, user: &User, how: Render) -> Result<Response, PageError> {
     let page = AccountPage {
         nav: visitor.nav(),
@@ -125,15 +151,12 @@ pub async fn show(State(app): State<Shared>, visitor: Visitor) -> Result<Respons
 }
 
 /// The profile form.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct ProfileForm {
-    #[serde(default)]
     csrf_token: String,
-    #[serde(default)]
     username: String,
-    #[serde(default)]
     email: String,
-    #[serde(default)]
     password: String,
 }
 
@@ -160,21 +183,11 @@ pub async fn update(
             visitor.renamed(updated.username.clone());
             render(&app, visitor, &updated, Render::ok(Some("Profile saved.")))
         }
-        Err(status) if is_form_error(&status) || status.code() == tonic::Code::PermissionDenied => {
-            let mut failed = forms(&user, None).remove(0);
-            failed.fields[0].value = input.username;
-            failed.fields[1].value = input.email;
-            let failed = failed.refused(&status);
-            render(
-                &app,
-                visitor,
-                &user,
-                Render {
-                    failed: Some(failed),
-                    status: StatusCode::UNPROCESSABLE_ENTITY,
-                    ..Render::ok(None)
-                },
-            )
+        Err(status) if on_the_form(&status) => {
+            let mut form = forms(&user, None).remove(0);
+            form.fields[0].value = input.username;
+            form.fields[1].value = input.email;
+            refused(&app, visitor, &user, form, &status)
         }
         Err(status) => Err(status.into()),
     }
@@ -219,17 +232,20 @@ pub async fn upload(
             Render::ok(Some("Picture saved.")),
         ),
         Err(status) if is_form_error(&status) => {
-            let message = super::FormView::new("", "", "")
-                .refused(&status)
-                .error
-                .or_else(|| Some("This picture cannot be used.".into()));
-            let message = message.filter(|m| !m.is_empty());
+            let mut form = FormView::new("", "", "");
+            form.fields = vec![Field::new("image", "", "file")];
+            let form = form.refused(&status);
+            let message = form.fields[0].error.clone().or(form.error);
             render(
                 &app,
                 visitor,
                 &user,
                 Render {
-                    picture_error: message.or_else(|| Some("This picture cannot be used.".into())),
+                    picture_error: Some(
+                        message
+                            .filter(|m| !m.is_empty())
+                            .unwrap_or_else(|| "This picture cannot be used.".into()),
+                    ),
                     status: StatusCode::UNPROCESSABLE_ENTITY,
                     ..Render::ok(None)
                 },
@@ -239,20 +255,13 @@ pub async fn upload(
     }
 }
 
-/// Only the CSRF token.
-#[derive(Debug, Deserialize)]
-pub struct Plain {
-    #[serde(default)]
-    csrf_token: String,
-}
-
 /// `POST /account/picture/delete`.
 pub async fn remove_picture(
     State(app): State<Shared>,
     visitor: Visitor,
     Form(input): Form<Plain>,
 ) -> Result<Response, PageError> {
-    visitor.check_csrf(&input.csrf_token)?;
+    input.check(&visitor)?;
     visitor.require_login()?;
     let user = app
         .users()
@@ -263,13 +272,11 @@ pub async fn remove_picture(
 }
 
 /// The change-password form.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct PasswordForm {
-    #[serde(default)]
     csrf_token: String,
-    #[serde(default)]
     current_password: String,
-    #[serde(default)]
     new_password: String,
 }
 
@@ -290,29 +297,18 @@ pub async fn change_password(
         .await;
     match changed {
         Ok(_) => render(&app, visitor, &user, Render::ok(Some("Password changed."))),
-        Err(status) if is_form_error(&status) || status.code() == tonic::Code::PermissionDenied => {
-            let failed = forms(&user, None).remove(1).refused(&status);
-            render(
-                &app,
-                visitor,
-                &user,
-                Render {
-                    failed: Some(failed),
-                    status: StatusCode::UNPROCESSABLE_ENTITY,
-                    ..Render::ok(None)
-                },
-            )
+        Err(status) if on_the_form(&status) => {
+            refused(&app, visitor, &user, forms(&user, None).remove(1), &status)
         }
         Err(status) => Err(status.into()),
     }
 }
 
 /// The delete-account form.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct DeleteForm {
-    #[serde(default)]
     csrf_token: String,
-    #[serde(default)]
     password: String,
 }
 
@@ -335,18 +331,8 @@ pub async fn delete_account(
             visitor.log_out();
             Ok(visitor.respond(&app, Redirect::to("/")))
         }
-        Err(status) if is_form_error(&status) || status.code() == tonic::Code::PermissionDenied => {
-            let failed = forms(&user, None).remove(2).refused(&status);
-            render(
-                &app,
-                visitor,
-                &user,
-                Render {
-                    failed: Some(failed),
-                    status: StatusCode::UNPROCESSABLE_ENTITY,
-                    ..Render::ok(None)
-                },
-            )
+        Err(status) if on_the_form(&status) => {
+            refused(&app, visitor, &user, forms(&user, None).remove(2), &status)
         }
         Err(status) => Err(status.into()),
     }

@@ -15,15 +15,8 @@ use proto::auth::{
     ResetPasswordRequest,
 };
 
-use super::{Field, FormView, is_form_error, posts::internal};
+use super::{Field, FormView, Plain, form_page, internal, is_form_error};
 use crate::{Shared, error::PageError, error::encode_component, visitor::Nav, visitor::Visitor};
-
-#[derive(Template)]
-#[template(path = "form.html")]
-struct FormPage {
-    nav: Nav,
-    form: FormView,
-}
 
 #[derive(Template)]
 #[template(path = "notice.html")]
@@ -34,24 +27,11 @@ struct NoticePage {
     link: (&'static str, &'static str),
 }
 
-fn page(
-    app: &Shared,
-    visitor: Visitor,
-    form: FormView,
-    status: StatusCode,
-) -> Result<Response, PageError> {
-    let page = FormPage {
-        nav: visitor.nav(),
-        form,
-    };
-    Ok(visitor.respond(app, (status, Html(page.render().map_err(internal)?))))
-}
-
 /// `?next=`: where to go after logging in. Only a path of this site: an
 /// absolute URL or `//host` would send the visitor elsewhere.
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct Next {
-    #[serde(default)]
     next: String,
 }
 
@@ -84,19 +64,16 @@ pub async fn register_form(
     State(app): State<Shared>,
     visitor: Visitor,
 ) -> Result<Response, PageError> {
-    page(&app, visitor, register_view(("", "")), StatusCode::OK)
+    form_page(&app, visitor, register_view(("", "")), StatusCode::OK)
 }
 
 /// The registration form.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct RegisterForm {
-    #[serde(default)]
     csrf_token: String,
-    #[serde(default)]
     username: String,
-    #[serde(default)]
     email: String,
-    #[serde(default)]
     password: String,
 }
 
@@ -118,7 +95,7 @@ pub async fn register(
     if let Err(status) = created {
         if is_form_error(&status) {
             let form = register_view((&input.username, &input.email)).refused(&status);
-            return page(&app, visitor, form, StatusCode::UNPROCESSABLE_ENTITY);
+            return form_page(&app, visitor, form, StatusCode::UNPROCESSABLE_ENTITY);
         }
         return Err(status.into());
     }
@@ -161,17 +138,15 @@ pub async fn login_form(
     Query(next): Query<Next>,
 ) -> Result<Response, PageError> {
     let form = login_view(safe_next(&next.next), "");
-    page(&app, visitor, form, StatusCode::OK)
+    form_page(&app, visitor, form, StatusCode::OK)
 }
 
 /// The login form.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct LoginForm {
-    #[serde(default)]
     csrf_token: String,
-    #[serde(default)]
     username_or_email: String,
-    #[serde(default)]
     password: String,
 }
 
@@ -204,17 +179,10 @@ pub async fn login(
         {
             let mut form = login_view(&next, &input.username_or_email);
             form.error = Some("Wrong username, email or password.".into());
-            page(&app, visitor, form, StatusCode::UNAUTHORIZED)
+            form_page(&app, visitor, form, StatusCode::UNAUTHORIZED)
         }
         Err(status) => Err(status.into()),
     }
-}
-
-/// Only the CSRF token.
-#[derive(Debug, Deserialize)]
-pub struct Plain {
-    #[serde(default)]
-    csrf_token: String,
 }
 
 /// `POST /logout`: ends the session at the auth-service, then forgets it.
@@ -223,7 +191,7 @@ pub async fn logout(
     mut visitor: Visitor,
     Form(input): Form<Plain>,
 ) -> Result<Response, PageError> {
-    visitor.check_csrf(&input.csrf_token)?;
+    input.check(&visitor)?;
     if visitor.tokens().is_some() {
         let ended = app
             .auth()
@@ -263,15 +231,14 @@ pub async fn forgot_form(
     State(app): State<Shared>,
     visitor: Visitor,
 ) -> Result<Response, PageError> {
-    page(&app, visitor, forgot_view(""), StatusCode::OK)
+    form_page(&app, visitor, forgot_view(""), StatusCode::OK)
 }
 
 /// The forgotten-password form.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct ForgotForm {
-    #[serde(default)]
     csrf_token: String,
-    #[serde(default)]
     email: String,
 }
 
@@ -301,16 +268,16 @@ pub async fn forgot(
         }
         Err(status) if is_form_error(&status) => {
             let form = forgot_view(&input.email).refused(&status);
-            page(&app, visitor, form, StatusCode::UNPROCESSABLE_ENTITY)
+            form_page(&app, visitor, form, StatusCode::UNPROCESSABLE_ENTITY)
         }
         Err(status) => Err(status.into()),
     }
 }
 
 /// `?token=` from the mail.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct ResetLink {
-    #[serde(default)]
     token: String,
 }
 
@@ -337,15 +304,14 @@ pub async fn reset_form(
     visitor: Visitor,
     Query(link): Query<ResetLink>,
 ) -> Result<Response, PageError> {
-    page(&app, visitor, reset_view(&link.token), StatusCode::OK)
+    form_page(&app, visitor, reset_view(&link.token), StatusCode::OK)
 }
 
 /// The new-password form.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct ResetForm {
-    #[serde(default)]
     csrf_token: String,
-    #[serde(default)]
     new_password: String,
 }
 
@@ -376,7 +342,7 @@ pub async fn reset(
         }
         Err(status) if is_form_error(&status) => {
             let form = reset_view(&link.token).refused(&status);
-            page(&app, visitor, form, StatusCode::UNPROCESSABLE_ENTITY)
+            form_page(&app, visitor, form, StatusCode::UNPROCESSABLE_ENTITY)
         }
         Err(status) => Err(status.into()),
     }

@@ -4,15 +4,17 @@ mod account;
 mod auth;
 mod posts;
 
+use askama::Template;
 use axum::{
     Router,
-    http::header,
-    response::IntoResponse,
+    http::{StatusCode, header},
+    response::{Html, IntoResponse, Response},
     routing::{get, post},
 };
+use serde::Deserialize;
 use tonic_types::StatusExt;
 
-use crate::Shared;
+use crate::{Shared, error::PageError, visitor::Nav, visitor::Visitor};
 
 /// Every route of the site.
 pub fn router() -> Router<Shared> {
@@ -49,6 +51,46 @@ async fn stylesheet() -> impl IntoResponse {
         ],
         include_str!("../../static/style.css"),
     )
+}
+
+/// A form with only the CSRF token (a button).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Plain {
+    csrf_token: String,
+}
+
+impl Plain {
+    /// The form's CSRF token is the visitor's, or the request is refused.
+    pub fn check(&self, visitor: &Visitor) -> Result<(), PageError> {
+        visitor.check_csrf(&self.csrf_token)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "form.html")]
+struct FormPage {
+    nav: Nav,
+    form: FormView,
+}
+
+/// A page of one form, answered with `status`.
+pub fn form_page(
+    app: &Shared,
+    visitor: Visitor,
+    form: FormView,
+    status: StatusCode,
+) -> Result<Response, PageError> {
+    let page = FormPage {
+        nav: visitor.nav(),
+        form,
+    };
+    Ok(visitor.respond(app, (status, Html(page.render().map_err(internal)?))))
+}
+
+/// A template that failed to render: a bug, shown as a 500.
+pub fn internal(e: askama::Error) -> PageError {
+    PageError::Status(tonic::Status::internal(format!("rendering: {e}")))
 }
 
 /// One labelled form field.

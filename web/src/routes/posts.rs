@@ -17,7 +17,7 @@ use proto::{
     },
 };
 
-use super::{Field, FormView, format_time, is_form_error};
+use super::{Field, FormView, Plain, form_page, format_time, internal, is_form_error};
 use crate::{Shared, error::PageError, error::encode_component, visitor::Nav, visitor::Visitor};
 
 /// Posts per page.
@@ -87,17 +87,10 @@ struct PostPage {
     mine: bool,
 }
 
-#[derive(Template)]
-#[template(path = "form.html")]
-struct FormPage {
-    nav: Nav,
-    form: FormView,
-}
-
 /// `?page_token=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct Paging {
-    #[serde(default)]
     page_token: String,
 }
 
@@ -200,13 +193,11 @@ async fn fetch(app: &Shared, visitor: &Visitor, id: &str) -> Result<Post, PageEr
 }
 
 /// A post form's fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct PostForm {
-    #[serde(default)]
     csrf_token: String,
-    #[serde(default)]
     title: String,
-    #[serde(default)]
     content: String,
 }
 
@@ -222,19 +213,6 @@ fn post_form(
         Field::new("content", "Content", "textarea").value(values.1),
     ];
     form
-}
-
-fn form_page(
-    app: &Shared,
-    visitor: Visitor,
-    form: FormView,
-    status: axum::http::StatusCode,
-) -> Result<Response, PageError> {
-    let page = FormPage {
-        nav: visitor.nav(),
-        form,
-    };
-    Ok(visitor.respond(app, (status, Html(page.render().map_err(internal)?))))
 }
 
 /// `GET /posts/new`.
@@ -342,13 +320,6 @@ pub async fn update(
     }
 }
 
-/// Only the CSRF token.
-#[derive(Debug, Deserialize)]
-pub struct Plain {
-    #[serde(default)]
-    csrf_token: String,
-}
-
 /// `POST /posts/{id}/delete`.
 pub async fn delete(
     State(app): State<Shared>,
@@ -356,7 +327,7 @@ pub async fn delete(
     Path(id): Path<String>,
     Form(input): Form<Plain>,
 ) -> Result<Response, PageError> {
-    visitor.check_csrf(&input.csrf_token)?;
+    input.check(&visitor)?;
     let tokens = visitor.require_login()?;
     let id = parse_id(&id)?;
     app.posts()
@@ -372,9 +343,4 @@ pub fn parse_id(raw: &str) -> Result<i64, PageError> {
         .ok()
         .filter(|id| *id > 0)
         .ok_or(PageError::NotFound)
-}
-
-/// A template that failed to render: a bug, shown as a 500.
-pub fn internal(e: askama::Error) -> PageError {
-    PageError::Status(tonic::Status::internal(format!("rendering: {e}")))
 }
