@@ -211,6 +211,28 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// The database engine a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// `postgres://` or `postgresql://`.
+    Postgres,
+    /// `sqlite:`.
+    Sqlite,
+}
+
+impl Engine {
+    /// The engine of `url`, or an error naming the schemes there are.
+    pub fn of(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else {
+            anyhow::bail!("unsupported database URL scheme (use postgres:// or sqlite://)")
+        }
+    }
+}
+
 /// One migrator from the migrations every backend shares (`common`, SQL
 /// both dialects run as written) and this backend's own, in version order.
 /// A migration keeps its version and checksum wherever its file lives, so

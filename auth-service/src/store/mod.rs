@@ -13,7 +13,7 @@ mod sqlite;
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use shared::time::Timestamp;
+use shared::{db::Engine, time::Timestamp};
 use tokio::sync::watch;
 
 pub use postgres::PgStore;
@@ -255,13 +255,8 @@ pub trait Store: Send + Sync + 'static {
 /// Connects to `url` (`postgres://…` or `sqlite://…`) and brings the schema
 /// up to date.
 pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Arc<dyn Store>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::connect(url, acquire_timeout).await?))
-    } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url, acquire_timeout).await?))
-    } else {
-        Err(Error::Internal(anyhow::anyhow!(
-            "unsupported database URL scheme (use postgres:// or sqlite://)"
-        )))
-    }
+    Ok(match Engine::of(url)? {
+        Engine::Postgres => Arc::new(PgStore::connect(url, acquire_timeout).await?),
+        Engine::Sqlite => Arc::new(SqliteStore::connect(url, acquire_timeout).await?),
+    })
 }

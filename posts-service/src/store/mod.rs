@@ -13,14 +13,14 @@ mod sqlite;
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use shared::{CurrentUser, time::Timestamp};
+use shared::{CurrentUser, db::Engine, time::Timestamp};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::{
     domain::{Content, Title},
-    error::{Error, Result},
+    error::Result,
 };
 
 /// A post with its author's public profile.
@@ -124,7 +124,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates a post by `caller`, creating their author row from the
     /// token's username if absent (the profile event has not arrived yet).
-    /// [`Error::InvalidToken`] if the caller has been deleted.
+    /// [`InvalidToken`](crate::error::Error::InvalidToken) if the caller has been deleted.
     async fn create_post(
         &self,
         caller: &CurrentUser,
@@ -140,8 +140,8 @@ pub trait Store: Send + Sync + 'static {
     /// Whether an author is known.
     async fn author_exists(&self, id: i64) -> Result<bool>;
     /// Changes what is `Some`, if `author_id` wrote the post: the check and
-    /// the write are one statement. [`Error::PostNotFound`] first, then
-    /// [`Error::NotAuthor`].
+    /// the write are one statement. [`PostNotFound`](crate::error::Error::PostNotFound) first, then
+    /// [`NotAuthor`](crate::error::Error::NotAuthor).
     async fn update_post(
         &self,
         id: i64,
@@ -172,13 +172,8 @@ pub trait Store: Send + Sync + 'static {
 /// Connects to `url` (`postgres://…` or `sqlite://…`) and brings the schema
 /// up to date.
 pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Arc<dyn Store>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::connect(url, acquire_timeout).await?))
-    } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url, acquire_timeout).await?))
-    } else {
-        Err(Error::Internal(anyhow::anyhow!(
-            "unsupported database URL scheme (use postgres:// or sqlite://)"
-        )))
-    }
+    Ok(match Engine::of(url)? {
+        Engine::Postgres => Arc::new(PgStore::connect(url, acquire_timeout).await?),
+        Engine::Sqlite => Arc::new(SqliteStore::connect(url, acquire_timeout).await?),
+    })
 }
