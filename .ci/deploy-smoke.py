@@ -123,6 +123,7 @@ def main():
             value = value.replace("postgres://blog:", f"postgres://{role}:")
             value = value.replace("http://auth:", "http://127.0.0.1:")
             value = value.replace("http://posts:", "http://127.0.0.1:")
+            value = value.replace("redis://redis:", "redis://127.0.0.1:")
             for name, path in secret_files.items():
                 value = value.replace(f"/run/secrets/{name}", path)
             env[key] = value

@@ -58,7 +58,7 @@ use proto::auth::{
 use shared::{
     AuthInterceptor, CurrentUser,
     harness::{self, Listeners, Readiness, Tasks},
-    limits::{Key, Limiter, MemoryLimiter, Rate},
+    limits::{Key, Limiter, Rate},
     observe::Metrics,
     verify::Verifier,
 };
@@ -148,12 +148,20 @@ impl AppState {
 
     /// Takes one unit of `key`'s allowance under `rate`, or refuses with
     /// `what` as the reason.
+    /// While the limiter's store is out of reach the call is let through
+    /// (and logged): these limits bound volume, not guessing, and the
+    /// service keeps serving without them. Guess budgets fail closed
+    /// instead ([`login`]).
     pub async fn rate_limit(&self, key: Key, rate: Rate, what: &'static str) -> Result<()> {
-        self.limiter
-            .take(key, rate)
-            .await
-            .map_err(Error::LimiterUnavailable)?
-            .map_err(|retry_after| Error::RateLimited { what, retry_after })
+        match self.limiter.take(key, rate).await {
+            Ok(decision) => {
+                decision.map_err(|retry_after| Error::RateLimited { what, retry_after })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, limit = what, "limiter unavailable: let through");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -232,8 +240,7 @@ impl Application {
             .mail_from
             .parse()
             .context("MAIL_FROM is not a mail address")?;
-        let limiter: Arc<dyn Limiter> =
-            Arc::new(MemoryLimiter::with_clock(config.common.clock.clone()));
+        let limiter: Arc<dyn Limiter> = config.common.limiter().context("opening the limiter")?;
         let resets = Arc::new(
             PasswordResets::new(
                 store.clone(),

@@ -26,9 +26,6 @@ pub enum Error {
     /// long.
     #[error("post writes rate limited")]
     WriteRateLimited(std::time::Duration),
-    /// The limiter could not decide (its shared store is out of reach).
-    #[error("limiter unavailable: {0}")]
-    LimiterUnavailable(#[source] shared::limits::Unavailable),
     /// The database cannot be reached or is overloaded.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -69,7 +66,6 @@ impl From<Error> for Status {
             Error::WriteRateLimited(wait) => {
                 status::resource_exhausted("Too many post writes; slow down", wait)
             }
-            Error::LimiterUnavailable(e) => status::unavailable(&e),
             Error::Unavailable(e) => status::unavailable(&e),
             Error::Internal(e) => status::internal(&e),
         }

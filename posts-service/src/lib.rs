@@ -46,7 +46,6 @@ use proto::{
 use shared::{
     AuthInterceptor,
     harness::{self, Listeners, Readiness, Tasks},
-    limits::MemoryLimiter,
     observe::Metrics,
     time::Timestamp,
     verify::Verifier,
@@ -240,7 +239,7 @@ impl Application {
         let routes = Routes::new(InterceptedService::new(
             PostServiceServer::new(service::PostsApi::new(
                 store,
-                Arc::new(MemoryLimiter::with_clock(config.common.clock.clone())),
+                config.common.limiter().context("opening the limiter")?,
                 config.posts.post_writes(),
             ))
             // The largest valid request (a 20,000-character post of 4-byte

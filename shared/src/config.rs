@@ -63,6 +63,11 @@ pub struct CommonConfig {
     /// calls are refused at once with RESOURCE_EXHAUSTED rather than queued.
     #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 1024)]
     pub max_concurrent_calls: usize,
+    /// A Redis (`redis://host:port/db`) where rate limits and guess budgets
+    /// are kept, shared by every replica. Unset: each process keeps its own,
+    /// in memory.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = secret)]
+    pub redis_url: Option<SecretString>,
     /// Origins whose browsers may call the gRPC port over gRPC-Web, comma
     /// separated (`https://blog.example`); empty: gRPC-Web is off.
     #[arg(
@@ -105,6 +110,22 @@ impl CommonConfig {
             common: CommonConfig,
         }
         defaults::<Common>().common
+    }
+
+    /// Where limits are kept: the Redis at `REDIS_URL`, shared by every
+    /// replica, or this process's memory when it is unset.
+    pub fn limiter(
+        &self,
+    ) -> Result<std::sync::Arc<dyn crate::limits::Limiter>, crate::limits::Unavailable> {
+        use crate::limits::{MemoryLimiter, RedisLimiter};
+        Ok(match &self.redis_url {
+            Some(url) => std::sync::Arc::new(RedisLimiter::new(
+                url.expose_secret(),
+                "blog:limits:",
+                self.clock.clone(),
+            )?),
+            None => std::sync::Arc::new(MemoryLimiter::with_clock(self.clock.clone())),
+        })
     }
 
     /// The internal token: `INTERNAL_TOKEN`, else the contents of

@@ -271,3 +271,92 @@ async fn a_peer_that_stops_answering_keepalive_pings_is_disconnected() {
         "a peer that never answers pings stayed connected: {kinds:?}"
     );
 }
+
+/// `TEST_REDIS_URL`, or `None` (the case skipped, unless CI requires it).
+fn redis_url(case: &str) -> Option<String> {
+    let url = std::env::var("TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        testkit::skipped("TEST_REDIS_URL", case);
+    }
+    url
+}
+
+#[tokio::test]
+async fn a_guesser_spread_over_two_replicas_gets_one_budget() {
+    use proto::auth::LoginRequest;
+    let Some(url) = redis_url("a_guesser_spread_over_two_replicas_gets_one_budget") else {
+        return;
+    };
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let url = url.clone();
+        replicas.push(
+            spawn_app_with(TestDatabase::new("auth").await, move |config| {
+                config.common.redis_url = Some(url.into());
+            })
+            .await,
+        );
+    }
+    // Unknown accounts are throttled like known ones: a fresh name keeps
+    // this run apart from any other on the same Redis.
+    let name = format!("guessed-{}", testkit::unique_id());
+    let guess = |i: usize| {
+        let mut auth = replicas[i % 2].auth.clone();
+        let name = name.clone();
+        async move {
+            auth.login(LoginRequest {
+                username_or_email: name,
+                password: "not the password".into(),
+            })
+            .await
+        }
+    };
+    // Five free failures in all, not five per replica.
+    for i in 0..6 {
+        assert_eq!(
+            guess(i).await.unwrap_err().code(),
+            Code::Unauthenticated,
+            "guess {i}"
+        );
+    }
+    for i in 6..8 {
+        assert_eq!(
+            guess(i).await.unwrap_err().code(),
+            Code::ResourceExhausted,
+            "guess {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_redis_down_logins_fail_closed_and_everything_else_serves() {
+    use proto::auth::LoginRequest;
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}/", nowhere.local_addr().unwrap());
+    drop(nowhere);
+    let app = spawn_app_with(TestDatabase::new("auth").await, move |config| {
+        config.common.redis_url = Some(url.into());
+    })
+    .await;
+    // Registration's per-address limit bounds volume: it lets calls through.
+    let user = crate::helpers::TestUser::generate();
+    app.create_user(&user).await.expect("registration");
+    // A password check without its guess budget would let guessing through.
+    let refused = app
+        .auth
+        .clone()
+        .login(LoginRequest {
+            username_or_email: user.username.clone(),
+            password: user.password.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    app.auth
+        .clone()
+        .get_jwks(GetJwksRequest {})
+        .await
+        .expect("the rest serves");
+}

@@ -8,11 +8,17 @@
 //! concurrent guesses is refused as soon as the budget is spent instead of
 //! being evaluated in full.
 //!
+//! Two stores keep them: [`MemoryLimiter`], this process's memory (exact for
+//! one process, the default), and [`RedisLimiter`], one Redis every replica
+//! shares (`REDIS_URL`). The same conformance cases run on both.
+//!
 //! Keys are SHA-256 digests of what they name, so an entry has a fixed size
 //! whatever a client sends, and the in-memory store holds at most
 //! [`MAX_ENTRIES`] of them: stale entries are swept first, and if that is not
 //! enough an arbitrary eighth goes. Under such a flood protection weakens for
 //! a while; memory never grows.
+
+mod redis_store;
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -21,6 +27,8 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::time::Clock;
+
+pub use redis_store::RedisLimiter;
 
 /// Entries one in-memory limiter keeps, each a few dozen bytes.
 pub const MAX_ENTRIES: usize = 100_000;
@@ -424,9 +432,102 @@ mod tests {
         assert_ne!(Key::new("n", &[b"a"]), Key::new("m", &[b"a"]));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_rate_allows_its_burst_then_one_per_interval() {
-        let limiter = MemoryLimiter::new();
+    /// The cases every limiter store must pass, each given a fresh limiter
+    /// and the adjustable clock it reads.
+    async fn conformance(fresh: impl Fn(Clock) -> Box<dyn Limiter>) {
+        let cases: [(&str, Case); 6] = [
+            ("a rate allows its burst then one per interval", |l, c| {
+                Box::pin(a_rate_allows_its_burst_then_one_per_interval(l, c))
+            }),
+            (
+                "concurrent guesses are counted before they are checked",
+                |l, c| Box::pin(concurrent_guesses_are_counted_before_they_are_checked(l, c)),
+            ),
+            ("one address cannot lock the owner out elsewhere", |l, c| {
+                Box::pin(one_address_cannot_lock_the_owner_out_elsewhere(l, c))
+            }),
+            (
+                "guesses from many addresses meet the account budget",
+                |l, c| {
+                    Box::pin(
+                        guesses_from_many_addresses_meet_the_account_budget_for_at_most_a_minute(
+                            l, c,
+                        ),
+                    )
+                },
+            ),
+            (
+                "a right guess gives its units back and quiet time forgets",
+                |l, c| {
+                    Box::pin(a_right_guess_gives_its_units_back_and_quiet_time_forgets(
+                        l, c,
+                    ))
+                },
+            ),
+            ("unchecked guesses cost nothing", |l, c| {
+                Box::pin(unchecked_guesses_cost_nothing(l, c))
+            }),
+        ];
+        for (name, case) in cases {
+            let clock = Clock::adjustable();
+            let limiter = fresh(clock.clone());
+            eprintln!("case: {name}");
+            case(limiter, clock).await;
+        }
+    }
+
+    type Case =
+        fn(Box<dyn Limiter>, Clock) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+    #[tokio::test]
+    async fn the_memory_limiter_conforms() {
+        conformance(|clock| Box::new(MemoryLimiter::with_clock(clock))).await;
+    }
+
+    #[tokio::test]
+    async fn the_redis_limiter_conforms() {
+        let Some(url) = std::env::var("TEST_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            let required = std::env::var("TEST_REQUIRE").unwrap_or_default();
+            assert!(
+                !required.split(',').any(|r| r.trim() == "TEST_REDIS_URL"),
+                "TEST_REDIS_URL is required (TEST_REQUIRE) but not set"
+            );
+            eprintln!("TEST_REDIS_URL not set: the Redis limiter's conformance skipped");
+            return;
+        };
+        conformance(|clock| {
+            let prefix = format!(
+                "blog-test:{}:",
+                crate::secret::random_bytes::<8>()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+            Box::new(RedisLimiter::new(&url, &prefix, clock).unwrap())
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_is_unavailable_at_once() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("redis://{}/", free.local_addr().unwrap());
+        drop(free);
+        let limiter = RedisLimiter::new(&url, "blog-test:", Clock::system()).unwrap();
+        let started = std::time::Instant::now();
+        let rate = Rate::per(1, Duration::from_secs(1), 1);
+        assert!(limiter.take(Key::new("k", &[]), rate).await.is_err());
+        assert!(limiter.guess(guess("a", "b"), POLICY).await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    async fn a_rate_allows_its_burst_then_one_per_interval(
+        limiter: Box<dyn Limiter>,
+        clock: Clock,
+    ) {
         let rate = Rate::per(60, Duration::from_secs(60), 30);
         let key = Key::new("test", &[b"k"]);
         for _ in 0..30 {
@@ -434,7 +535,7 @@ mod tests {
         }
         let wait = limiter.take(key, rate).await.unwrap().unwrap_err();
         assert!(wait <= Duration::from_secs(1), "{wait:?}");
-        tokio::time::advance(Duration::from_secs(1)).await;
+        clock.advance(Duration::from_secs(1));
         assert_eq!(limiter.take(key, rate).await.unwrap(), Ok(()));
         assert!(limiter.take(key, rate).await.unwrap().is_err());
         // Other keys have their own allowance.
@@ -444,9 +545,10 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn concurrent_guesses_are_counted_before_they_are_checked() {
-        let limiter = MemoryLimiter::new();
+    async fn concurrent_guesses_are_counted_before_they_are_checked(
+        limiter: Box<dyn Limiter>,
+        _clock: Clock,
+    ) {
         let g = guess("alice", "10.0.0.1");
         let mut admitted = 0;
         // None settles: all are in flight at once.
@@ -458,9 +560,10 @@ mod tests {
         assert_eq!(admitted, STRICT.free + 1);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn one_address_cannot_lock_the_owner_out_elsewhere() {
-        let limiter = MemoryLimiter::new();
+    async fn one_address_cannot_lock_the_owner_out_elsewhere(
+        limiter: Box<dyn Limiter>,
+        _clock: Clock,
+    ) {
         for _ in 0..250 {
             if let Ok(charged) = limiter
                 .guess(guess("alice", "6.6.6.6"), POLICY)
@@ -489,9 +592,10 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn guesses_from_many_addresses_meet_the_account_budget_for_at_most_a_minute() {
-        let limiter = MemoryLimiter::new();
+    async fn guesses_from_many_addresses_meet_the_account_budget_for_at_most_a_minute(
+        limiter: Box<dyn Limiter>,
+        clock: Clock,
+    ) {
         for i in 0..60 {
             let g = guess("alice", &format!("10.1.0.{i}"));
             if let Ok(charged) = limiter.guess(g, POLICY).await.unwrap() {
@@ -504,7 +608,7 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(wait <= Duration::from_secs(60), "{wait:?}");
-        tokio::time::advance(wait).await;
+        clock.advance(wait);
         assert!(
             limiter
                 .guess(guess("alice", "192.168.1.1"), POLICY)
@@ -514,27 +618,25 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_right_guess_gives_its_units_back_and_quiet_time_forgets() {
-        let limiter = MemoryLimiter::new();
+    async fn a_right_guess_gives_its_units_back_and_quiet_time_forgets(
+        limiter: Box<dyn Limiter>,
+        clock: Clock,
+    ) {
         let g = guess("alice", "10.0.0.1");
         for _ in 0..100 {
             let charged = limiter.guess(g, POLICY).await.unwrap().unwrap();
             limiter.settle(g, charged, Outcome::Right).await.unwrap();
         }
-        assert!(limiter.is_empty(), "right guesses leave nothing behind");
         for _ in 0..6 {
             let charged = limiter.guess(g, POLICY).await.unwrap().unwrap();
             limiter.settle(g, charged, Outcome::Wrong).await.unwrap();
         }
         assert!(limiter.guess(g, POLICY).await.unwrap().is_err());
-        tokio::time::advance(STRICT.forget).await;
+        clock.advance(STRICT.forget);
         assert!(limiter.guess(g, POLICY).await.unwrap().is_ok());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn unchecked_guesses_cost_nothing() {
-        let limiter = MemoryLimiter::new();
+    async fn unchecked_guesses_cost_nothing(limiter: Box<dyn Limiter>, _clock: Clock) {
         let g = guess("alice", "10.0.0.1");
         for _ in 0..100 {
             let charged = limiter.guess(g, POLICY).await.unwrap().unwrap();
@@ -543,7 +645,24 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert!(limiter.is_empty());
+        // Nothing was counted: the strict budget is whole.
+        for _ in 0..=STRICT.free {
+            let charged = limiter.guess(g, POLICY).await.unwrap().unwrap();
+            limiter.settle(g, charged, Outcome::Wrong).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn settled_guesses_leave_nothing_in_memory() {
+        let limiter = MemoryLimiter::new();
+        let g = guess("alice", "10.0.0.1");
+        for outcome in [Outcome::Right, Outcome::Unchecked] {
+            for _ in 0..100 {
+                let charged = limiter.guess(g, POLICY).await.unwrap().unwrap();
+                limiter.settle(g, charged, outcome).await.unwrap();
+            }
+            assert!(limiter.is_empty(), "{outcome:?} leaves nothing behind");
+        }
     }
 
     #[tokio::test(start_paused = true)]
