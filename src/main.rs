@@ -46,8 +46,32 @@ enum Service {
     Web,
 }
 
+/// `blog keys rotate|list`: the auth-service's key rotation, through the
+/// launcher (the image's entrypoint).
+#[derive(Debug, clap::Parser)]
+#[command(name = "blog keys", about = "Rotate or list the token signing keys")]
+struct KeysCli {
+    /// What to do.
+    #[command(subcommand)]
+    action: auth_service::KeysAction,
+    /// The auth-service's settings.
+    #[command(flatten)]
+    auth: auth_service::config::AuthConfig,
+    /// The shared settings.
+    #[command(flatten)]
+    common: shared::config::CommonConfig,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("keys") {
+        let cli = <KeysCli as clap::Parser>::parse_from(std::env::args().skip(1));
+        let config = auth_service::Config {
+            auth: cli.auth,
+            common: cli.common,
+        };
+        return auth_service::keys_command(&config, cli.action).await;
+    }
     let cli = Cli::<Settings>::parse_as(
         "blog",
         "Runs the blog backend (auth-service and posts-service)",

@@ -69,7 +69,7 @@ use crate::{
     avatars::Avatars,
     config::LimitConfig,
     error::{Error, Result},
-    keys::KeyRing,
+    keys::Keys,
     login::Credentials,
     mail::{FileMailer, Mailer, SmtpMailer},
     password::Passwords,
@@ -192,11 +192,15 @@ impl Application {
         )
         .await
         .context("opening the auth database")?;
-        let keys = match &config.auth.signing_key_file {
-            Some(file) => KeyRing::from_file(file, store.as_ref()).await,
-            None => KeyRing::load_or_create(store.as_ref()).await,
-        };
-        let keys = Arc::new(keys.context("loading signing keys")?);
+        let keys = Keys::load(
+            store.as_ref(),
+            config.auth.signing_key_file.as_deref(),
+            token_lifetime(&config),
+            config.common.clock.clone(),
+        )
+        .await
+        .context("loading signing keys")?;
+        let keys = Arc::new(keys);
         let verifier = Arc::new(
             Verifier::new(
                 &config.common.token_issuer,
@@ -206,7 +210,7 @@ impl Application {
             .with_clock(config.common.clock.clone()),
         );
         verifier
-            .set_keys(keys.jwks())
+            .set_keys(&keys.jwks())
             .context("loading our own public keys")?;
         let tokens = Arc::new(AccessTokens::new(
             keys,
@@ -330,7 +334,8 @@ impl Application {
             mut tasks,
             config,
         } = self;
-        let interceptor = AuthInterceptor::new(verifier).with_metrics(state.metrics.clone());
+        let interceptor =
+            AuthInterceptor::new(verifier.clone()).with_metrics(state.metrics.clone());
 
         let database = {
             let store = state.store.clone();
@@ -340,6 +345,13 @@ impl Application {
             })
         };
         let readiness = Readiness::new().with("database", database);
+        {
+            let (store, verifier) = (state.store.clone(), verifier.clone());
+            let keys = state.tokens.keys_handle();
+            tasks.spawn("signing keys", move |stop| {
+                follow_keys(keys, store, verifier, stop)
+            });
+        }
 
         let routes = Routes::new(InterceptedService::new(
             UserServiceServer::new(service::UsersApi::new(state.clone()))
@@ -373,4 +385,84 @@ impl Application {
         };
         harness::serve(service, listeners, &config.common, shutdown).await
     }
+}
+
+/// How long a token can be presented: its lifetime plus the clock skew
+/// tolerated. A retired key stays published that long.
+fn token_lifetime(config: &Config) -> std::time::Duration {
+    config.common.access_token_ttl + config.common.token_leeway
+}
+
+/// Rereads the signing keys every [`keys::RELOAD`], so that a key another
+/// replica (or `keys rotate`) added is published and, in its time, signs;
+/// publishes the current set to this service's own verifier; deletes keys
+/// whose tokens have all expired. A failed round is logged and retried.
+async fn follow_keys(
+    keys: Arc<Keys>,
+    store: Arc<dyn store::Store>,
+    verifier: Arc<Verifier>,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(keys::RELOAD) => {}
+        }
+        if let Err(e) = keys.reload(store.as_ref()).await {
+            tracing::warn!(error = %e, "cannot reload the signing keys");
+            continue;
+        }
+        if let Err(e) = verifier.set_keys(&keys.jwks()) {
+            tracing::error!(error = %e, "a stored signing key is unusable");
+        }
+        match keys.delete_expired(store.as_ref()).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired signing keys deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete expired signing keys"),
+        }
+    }
+}
+
+/// What `keys` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum KeysAction {
+    /// Add a signing key that starts signing once every posts-service can
+    /// have fetched it (`JWKS_REFRESH_SECS` and a margin); the current key
+    /// then retires, published until its tokens have expired.
+    Rotate,
+    /// Show the signing keys, their states and activation times.
+    List,
+}
+
+/// `auth-service keys rotate|list`, on the database the settings name.
+pub async fn keys_command(config: &Config, action: KeysAction) -> anyhow::Result<()> {
+    let store = store::connect(
+        config.auth.auth_database_url.expose_secret(),
+        config.auth.auth_db_acquire_timeout,
+    )
+    .await
+    .context("opening the auth database")?;
+    let now = config.common.clock.now();
+    if action == KeysAction::Rotate {
+        let delay = config.common.jwks_refresh + keys::ACTIVATION_MARGIN;
+        let key = keys::rotate(store.as_ref(), now, delay).await?;
+        println!(
+            "added {} (next): it signs from {} s from now; replicas pick it up within {} s",
+            key.kid,
+            delay.as_secs(),
+            keys::RELOAD.as_secs()
+        );
+    }
+    let records = store.signing_keys().await?;
+    if records.is_empty() {
+        println!("no signing key yet: the auth-service makes one when it first starts");
+        return Ok(());
+    }
+    let ring = keys::KeyRing::new(&records, None, token_lifetime(config))?;
+    println!("{:<45} {:<8} activates (s from now)", "kid", "state");
+    for (kid, state, activate) in ring.states(now) {
+        let from_now = (activate.as_micros() - now.as_micros()) / 1_000_000;
+        println!("{kid:<45} {state:<8} {from_now}");
+    }
+    Ok(())
 }

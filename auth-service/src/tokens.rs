@@ -12,12 +12,12 @@ use shared::{
     verify::{ACCESS_TOKEN_TYPE, Claims},
 };
 
-use crate::{error::Result, keys::KeyRing};
+use crate::{error::Result, keys::Keys};
 
 /// Signs access tokens for sessions.
 pub struct AccessTokens {
     /// Signing key and published keys.
-    keys: Arc<KeyRing>,
+    keys: Arc<Keys>,
     /// `iss` of every token.
     issuer: String,
     /// `aud` of every token.
@@ -40,7 +40,7 @@ pub struct AccessToken {
 impl AccessTokens {
     /// An issuer signing with `keys`.
     pub fn new(
-        keys: Arc<KeyRing>,
+        keys: Arc<Keys>,
         issuer: String,
         audience: String,
         ttl: Duration,
@@ -67,7 +67,8 @@ impl AccessTokens {
         // JWT times are whole seconds since the epoch.
         let now = self.clock.now().unix_seconds();
         let exp = (now + self.ttl.as_secs() as i64).min(session_end.unix_seconds());
-        let (kid, key) = self.keys.signer();
+        let ring = self.keys.ring();
+        let (kid, key) = ring.signer(self.clock.now());
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(ACCESS_TOKEN_TYPE.into());
         header.kid = Some(kid.into());
@@ -90,8 +91,13 @@ impl AccessTokens {
         })
     }
 
-    /// The published keys.
-    pub fn keys(&self) -> &KeyRing {
+    /// The signing keys, to share with a task.
+    pub fn keys_handle(&self) -> Arc<Keys> {
+        self.keys.clone()
+    }
+
+    /// The signing keys.
+    pub fn keys(&self) -> &Keys {
         &self.keys
     }
 }

@@ -47,9 +47,6 @@ pub struct PostsConfig {
     /// Private key (PEM) for `POSTS_TLS_CERT_FILE`.
     #[arg(long, env = "POSTS_TLS_KEY_FILE")]
     pub posts_tls_key_file: Option<std::path::PathBuf>,
-    /// How often the auth-service's public keys are refetched, in seconds.
-    #[arg(long = "jwks-refresh-secs", env = "JWKS_REFRESH_SECS", default_value = "300", value_parser = positive_seconds)]
-    pub jwks_refresh: Duration,
     /// Longest wait for a database connection before answering
     /// UNAVAILABLE, in seconds.
     #[arg(long = "posts-db-acquire-timeout-secs", env = "POSTS_DB_ACQUIRE_TIMEOUT_SECS", default_value = "5", value_parser = positive_seconds)]
@@ -152,7 +149,7 @@ mod tests {
     #[test]
     fn defaults_come_from_the_settings_themselves() {
         let config: Config = shared::config::defaults();
-        assert_eq!(config.posts.jwks_refresh, Duration::from_secs(300));
+        assert_eq!(config.common.jwks_refresh, Duration::from_secs(300));
         assert_eq!(config.posts.post_write_burst, 30);
     }
 }

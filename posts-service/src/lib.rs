@@ -181,7 +181,7 @@ impl Application {
                 verifier.clone(),
                 store.clone(),
             );
-            let (unknown_kid, every) = (unknown_kid.clone(), config.posts.jwks_refresh);
+            let (unknown_kid, every) = (unknown_kid.clone(), config.common.jwks_refresh);
             tasks.spawn("keys", move |stop| async move {
                 keys::refresh(client, verifier, store, unknown_kid, every, stop).await;
                 Ok(())

@@ -63,6 +63,11 @@ pub struct CommonConfig {
     /// calls are refused at once with RESOURCE_EXHAUSTED rather than queued.
     #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 1024)]
     pub max_concurrent_calls: usize,
+    /// How often the posts-service refetches the auth-service's public keys,
+    /// in seconds; the auth-service waits longer than this before a rotated
+    /// key signs.
+    #[arg(long = "jwks-refresh-secs", env = "JWKS_REFRESH_SECS", default_value = "300", value_parser = positive_seconds)]
+    pub jwks_refresh: Duration,
     /// A Redis (`redis://host:port/db`) where rate limits and guess budgets
     /// are kept, shared by every replica. Unset: each process keeps its own,
     /// in memory.

@@ -191,7 +191,7 @@ impl AuthService for AuthApi {
 
     async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<Jwks>, Status> {
         Ok(Response::new(Jwks {
-            keys: self.state.tokens.keys().jwks().to_vec(),
+            keys: self.state.tokens.keys().jwks(),
         }))
     }
 }

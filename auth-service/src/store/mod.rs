@@ -123,6 +123,8 @@ pub struct KeyRecord {
     pub public_key: Vec<u8>,
     /// Creation time.
     pub create_time: Timestamp,
+    /// When it starts signing (see [`crate::keys`]).
+    pub activate_time: Timestamp,
 }
 
 impl std::fmt::Debug for KeyRecord {
@@ -243,6 +245,8 @@ pub trait Store: Send + Sync + 'static {
     async fn signing_keys(&self) -> Result<Vec<KeyRecord>>;
     /// Adds a signing key; a key with the same id already there is kept.
     async fn add_signing_key(&self, key: &KeyRecord) -> Result<()>;
+    /// Deletes a signing key (one no live token was signed with).
+    async fn remove_signing_key(&self, kid: &str) -> Result<()>;
 
     /// Up to `limit` outbox events after `sequence`, in order.
     async fn events_after(&self, sequence: i64, limit: i64) -> Result<Vec<EventRecord>>;

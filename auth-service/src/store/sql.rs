@@ -590,8 +590,8 @@ where
 
     async fn signing_keys(&self) -> Result<Vec<KeyRecord>> {
         Ok(sqlx::query_as(
-            "SELECT kid, private_key, public_key, create_time FROM signing_keys \
-                     ORDER BY create_time DESC, kid DESC",
+            "SELECT kid, private_key, public_key, create_time, activate_time FROM signing_keys \
+                     ORDER BY activate_time DESC, kid DESC",
         )
         .fetch_all(&self.read)
         .await?)
@@ -599,15 +599,24 @@ where
 
     async fn add_signing_key(&self, key: &KeyRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO signing_keys (kid, private_key, public_key, create_time) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (kid) DO NOTHING",
+            "INSERT INTO signing_keys (kid, private_key, public_key, create_time, activate_time) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kid) DO NOTHING",
         )
         .bind(&key.kid)
         .bind(&key.private_key)
         .bind(&key.public_key)
         .bind(key.create_time)
-        .execute(&self.read)
+        .bind(key.activate_time)
+        .execute(&self.write)
         .await?;
+        Ok(())
+    }
+
+    async fn remove_signing_key(&self, kid: &str) -> Result<()> {
+        sqlx::query("DELETE FROM signing_keys WHERE kid = $1")
+            .bind(kid)
+            .execute(&self.write)
+            .await?;
         Ok(())
     }
 

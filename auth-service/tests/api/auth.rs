@@ -351,6 +351,64 @@ async fn a_signing_key_from_a_file_signs_and_is_published() {
 }
 
 #[tokio::test]
+async fn a_rotated_key_is_published_first_signs_later_and_the_old_one_retires() {
+    let app = spawn_app().await;
+    let store = app.state.store.clone();
+    let keys = app.state.tokens.keys();
+    let (user, _, before) = app.signed_up().await;
+    let kid_of = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+    let old_kid = kid_of(&before.access_token);
+    let published = |app: &TestApp| {
+        let mut auth = app.auth.clone();
+        async move {
+            let keys = auth
+                .get_jwks(GetJwksRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .keys;
+            keys.into_iter().map(|k| k.kid).collect::<Vec<_>>()
+        }
+    };
+
+    let delay = std::time::Duration::from_secs(330);
+    let next = auth_service::keys::rotate(store.as_ref(), app.clock.now(), delay)
+        .await
+        .unwrap();
+    keys.reload(store.as_ref()).await.unwrap();
+    // Next: published at once, not signing yet.
+    assert_eq!(published(&app).await, [old_kid.clone(), next.kid.clone()]);
+    let again = app.login(&user.username, &user.password).await.unwrap();
+    assert_eq!(kid_of(&again.access_token), old_kid);
+
+    // Active: it signs; the old key retires but is still published, and the
+    // tokens it signed still work.
+    app.clock.advance(delay);
+    let after = app.login(&user.username, &user.password).await.unwrap();
+    assert_eq!(kid_of(&after.access_token), next.kid);
+    assert_eq!(published(&app).await, [next.kid.clone(), old_kid.clone()]);
+    app.users
+        .clone()
+        .get_me(bearer(&again.access_token, GetMeRequest {}))
+        .await
+        .expect("a token of the retired key still verifies");
+
+    // Once every token it signed has expired, the old key is gone.
+    app.clock.advance(std::time::Duration::from_secs(900 + 10));
+    assert_eq!(keys.delete_expired(store.as_ref()).await.unwrap(), 1);
+    keys.reload(store.as_ref()).await.unwrap();
+    assert_eq!(published(&app).await, std::slice::from_ref(&next.kid));
+    let stored: Vec<_> = store
+        .signing_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(stored, [next.kid]);
+}
+
+#[tokio::test]
 async fn a_common_password_is_refused_as_a_new_password() {
     let app = spawn_app().await;
     let (user, _, tokens) = app.signed_up().await;

@@ -389,14 +389,22 @@ async fn set_password_revokes_in_the_same_transaction(store: Arc<dyn Store>) {
 
 async fn signing_keys_are_kept_newest_first(store: Arc<dyn Store>) {
     assert!(store.signing_keys().await.unwrap().is_empty());
-    let mut old = keys::generate();
-    old.create_time = old.create_time - Duration::from_millis(1);
-    let new = keys::generate();
+    let now = Timestamp::now();
+    let old = keys::generate(now - Duration::from_secs(60));
+    let new = keys::generate(now);
+    let next = keys::generate(now + Duration::from_secs(60));
     store.add_signing_key(&old).await.unwrap();
+    store.add_signing_key(&next).await.unwrap();
     store.add_signing_key(&new).await.unwrap();
     store.add_signing_key(&new).await.unwrap();
     let stored = store.signing_keys().await.unwrap();
-    assert_eq!(stored, [new, old]);
+    assert_eq!(
+        stored,
+        [next.clone(), new.clone(), old.clone()],
+        "by activation, newest first"
+    );
+    store.remove_signing_key(&old.kid).await.unwrap();
+    assert_eq!(store.signing_keys().await.unwrap(), [next, new]);
 }
 
 async fn events_are_ordered_and_complete(store: Arc<dyn Store>) {

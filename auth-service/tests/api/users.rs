@@ -270,8 +270,8 @@ async fn get_me_with_an_expired_token_is_invalid() {
     let (kid, key) = app.state.tokens.keys().signer();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.typ = Some("at+jwt".into());
-    header.kid = Some(kid.into());
-    let token = jsonwebtoken::encode(&header, &expired, key).unwrap();
+    header.kid = Some(kid);
+    let token = jsonwebtoken::encode(&header, &expired, &key).unwrap();
     assert_status(
         app.users
             .clone()

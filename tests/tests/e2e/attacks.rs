@@ -33,7 +33,7 @@ fn part(value: &Value) -> String {
 fn signed(stack: &Stack, header: &Value, claims: &Value) -> String {
     let (_, key) = stack.auth_state.tokens.keys().signer();
     let message = format!("{}.{}", part(header), part(claims));
-    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), key, Algorithm::EdDSA).unwrap();
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::EdDSA).unwrap();
     format!("{message}.{signature}")
 }
 
