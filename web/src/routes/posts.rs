@@ -237,26 +237,32 @@ pub async fn create(
             content: input.content.clone(),
         }))
         .await;
-    match created {
-        Ok(post) => {
-            let id = post.into_inner().id;
-            Ok(visitor.respond(&app, Redirect::to(&format!("/posts/{id}"))))
-        }
-        Err(status) if is_form_error(&status) => {
-            let form = post_form(
-                "New post",
-                "/posts/new".into(),
-                "Publish",
-                (&input.title, &input.content),
-            )
-            .refused(&status);
-            form_page(
-                &app,
-                visitor,
-                form,
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            )
-        }
+    let saved = created.map(|post| post.into_inner().id);
+    let form = post_form(
+        "New post",
+        "/posts/new".into(),
+        "Publish",
+        (&input.title, &input.content),
+    );
+    after_save(&app, visitor, saved, form)
+}
+
+/// The answer to a post form: the post once saved; the form again, with
+/// each problem beside its field, when the service refused it.
+fn after_save(
+    app: &Shared,
+    visitor: Visitor,
+    saved: Result<i64, tonic::Status>,
+    form: FormView,
+) -> Result<Response, PageError> {
+    match saved {
+        Ok(id) => Ok(visitor.respond(app, Redirect::to(&format!("/posts/{id}")))),
+        Err(status) if is_form_error(&status) => form_page(
+            app,
+            visitor,
+            form.refused(&status),
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         Err(status) => Err(status.into()),
     }
 }
@@ -299,25 +305,13 @@ pub async fn update(
             content: Some(input.content.clone()),
         }))
         .await;
-    match updated {
-        Ok(_) => Ok(visitor.respond(&app, Redirect::to(&format!("/posts/{id}")))),
-        Err(status) if is_form_error(&status) => {
-            let form = post_form(
-                "Edit post",
-                format!("/posts/{id}/edit"),
-                "Save",
-                (&input.title, &input.content),
-            )
-            .refused(&status);
-            form_page(
-                &app,
-                visitor,
-                form,
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            )
-        }
-        Err(status) => Err(status.into()),
-    }
+    let form = post_form(
+        "Edit post",
+        format!("/posts/{id}/edit"),
+        "Save",
+        (&input.title, &input.content),
+    );
+    after_save(&app, visitor, updated.map(|_| id), form)
 }
 
 /// `POST /posts/{id}/delete`.
