@@ -36,6 +36,10 @@ pub struct AuthConfig {
     /// is generated once and kept in the database.
     #[arg(long, env = "SIGNING_KEY_FILE")]
     pub signing_key_file: Option<std::path::PathBuf>,
+    /// How long outbox events are kept, in seconds; a replica further behind
+    /// catches up through `SnapshotUsers`.
+    #[arg(long = "outbox-retention-secs", env = "OUTBOX_RETENTION_SECS", default_value = "604800", value_parser = seconds)]
+    pub outbox_retention: Duration,
     /// Absolute lifetime of a session and its refresh tokens, in seconds.
     #[arg(long = "session-ttl-secs", env = "SESSION_TTL_SECS", default_value = "2592000", value_parser = seconds)]
     pub session_ttl: Duration,

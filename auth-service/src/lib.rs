@@ -105,6 +105,10 @@ pub struct AppState {
     pub limiter: Arc<dyn Limiter>,
     /// The rate limits.
     pub limits: LimitConfig,
+    /// Where the time comes from.
+    pub clock: shared::time::Clock,
+    /// How long a token can be presented (lifetime and leeway).
+    pub token_lifetime: std::time::Duration,
 }
 
 /// The metadata in which a component of the deployment that calls on
@@ -295,6 +299,8 @@ impl Application {
             resets,
             internal_token,
             shutdown: tasks.stopping(),
+            clock: config.common.clock.clone(),
+            token_lifetime: token_lifetime(&config),
         });
         Ok(Self {
             listeners,
@@ -350,6 +356,13 @@ impl Application {
             let keys = state.tokens.keys_handle();
             tasks.spawn("signing keys", move |stop| {
                 follow_keys(keys, store, verifier, stop)
+            });
+        }
+        {
+            let (store, clock) = (state.store.clone(), state.clock.clone());
+            let retention = config.auth.outbox_retention;
+            tasks.spawn("outbox retention", move |stop| {
+                prune_outbox(store, clock, retention, stop)
             });
         }
 
@@ -419,6 +432,30 @@ async fn follow_keys(
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "expired signing keys deleted"),
             Err(e) => tracing::warn!(error = %e, "cannot delete expired signing keys"),
+        }
+    }
+}
+
+/// How often old outbox events are deleted.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Deletes outbox events older than `retention`, now and every
+/// [`PRUNE_EVERY`]; a failed round is logged and retried.
+async fn prune_outbox(
+    store: Arc<dyn store::Store>,
+    clock: shared::time::Clock,
+    retention: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        match store.prune_events(clock.now() - retention).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "old outbox events deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete old outbox events"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
         }
     }
 }

@@ -18,14 +18,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, transport::Channel};
 
 use proto::auth::{
-    UserEvent, WatchUserEventsRequest, user_event::Event,
+    SnapshotUsersRequest, UserEvent, WatchUserEventsRequest, user_event::Event,
     user_event_service_client::UserEventServiceClient,
 };
 
 use crate::{
     backoff,
     revocations::Revocations,
-    store::{ReplicaChange, Store},
+    store::{ReplicaChange, ReplicaSnapshot, Store},
 };
 
 /// How the stream is doing, for health reports and metrics.
@@ -80,23 +80,48 @@ impl Replica {
         }
     }
 
-    /// One stream, from the stored cursor: `Ok` only on shutdown.
-    async fn follow(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let cursor = self.store.event_cursor().await?;
-        let mut request = Request::new(WatchUserEventsRequest {
-            after_sequence: cursor,
-        });
+    /// `message` as a call with the internal token and `trace`.
+    fn internal<T>(&self, message: T, trace: &TraceContext) -> anyhow::Result<Request<T>> {
+        let mut request = Request::new(message);
         request.metadata_mut().insert(
             "x-internal-token",
             secrecy::ExposeSecret::expose_secret(&self.internal_token).parse()?,
         );
+        trace.inject(request.metadata_mut());
+        Ok(request)
+    }
+
+    /// One stream, from the stored cursor: `Ok` only on shutdown. A cursor
+    /// older than the events the auth-service keeps is first brought up to
+    /// date with a snapshot.
+    async fn follow(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         // The auth-service logs the stream under this trace too.
         let trace = TraceContext::root();
-        trace.inject(request.metadata_mut());
-        let mut stream = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            opened = self.client.watch_user_events(request) => opened?.into_inner(),
+        let mut stream = loop {
+            let cursor = self.store.event_cursor().await?;
+            let request = self.internal(
+                WatchUserEventsRequest {
+                    after_sequence: cursor,
+                },
+                &trace,
+            )?;
+            let opened = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                opened = self.client.watch_user_events(request) => opened,
+            };
+            match opened {
+                Ok(stream) => break stream.into_inner(),
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                    tracing::info!(
+                        cursor,
+                        "events after the cursor are gone: loading a snapshot"
+                    );
+                    self.load_snapshot(&trace).await?;
+                }
+                Err(status) => return Err(status.into()),
+            }
         };
+        let cursor = self.store.event_cursor().await?;
         self.status.connected.store(true, Ordering::Relaxed);
         tracing::info!(
             after = cursor,
@@ -113,6 +138,60 @@ impl Replica {
             };
             self.apply(event).await?;
         }
+    }
+
+    /// Brings the store to the auth-service's `SnapshotUsers`.
+    async fn load_snapshot(&mut self, trace: &TraceContext) -> anyhow::Result<()> {
+        let request = self.internal(SnapshotUsersRequest {}, trace)?;
+        let mut parts = self.client.snapshot_users(request).await?.into_inner();
+        let now = Timestamp::now();
+        let mut sequence = None;
+        let mut changes = Vec::new();
+        while let Some(part) = parts.message().await? {
+            if *sequence.get_or_insert(part.sequence) != part.sequence {
+                anyhow::bail!("a snapshot's parts disagree on its sequence");
+            }
+            changes.extend(part.users.into_iter().map(|user| ReplicaChange::Profile {
+                id: user.id,
+                username: user.username,
+                avatar_url: user.avatar_url,
+            }));
+            changes.extend(part.revoked.into_iter().map(|revoked| {
+                ReplicaChange::SessionsRevoked {
+                    user_id: revoked.user_id,
+                    session_ids: revoked.session_ids,
+                    expire_time: now + self.window,
+                }
+            }));
+        }
+        let sequence = sequence.ok_or_else(|| anyhow::anyhow!("an empty snapshot"))?;
+        let snapshot = ReplicaSnapshot {
+            sequence,
+            time: now,
+            changes,
+        };
+        let deleted = self.store.apply_snapshot(&snapshot).await?;
+        for change in &snapshot.changes {
+            if let ReplicaChange::SessionsRevoked {
+                session_ids,
+                expire_time,
+                ..
+            } = change
+            {
+                self.revocations.revoke_sessions(session_ids, *expire_time);
+            }
+        }
+        for id in &deleted {
+            self.revocations.user_deleted(*id, now + self.window);
+        }
+        self.status.last_sequence.store(sequence, Ordering::Relaxed);
+        tracing::info!(
+            sequence,
+            changes = snapshot.changes.len(),
+            deleted = deleted.len(),
+            "caught up through a snapshot"
+        );
+        Ok(())
     }
 
     async fn apply(&self, event: UserEvent) -> anyhow::Result<()> {

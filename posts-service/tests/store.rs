@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use posts_service::{
     domain::{Content, Title},
     error::Error,
-    store::{self, Listing, ReplicaChange, RevocationSnapshot, Store},
+    store::{self, Listing, ReplicaChange, ReplicaSnapshot, RevocationSnapshot, Store},
 };
 use shared::{CurrentUser, time::Timestamp};
 use testkit::TestDatabase;
@@ -55,6 +55,7 @@ conformance!(
     a_deleted_user_loses_posts_and_is_never_recreated,
     revocations_are_kept_until_they_expire,
     key_cache_round_trips,
+    a_snapshot_brings_the_replica_to_its_state_once,
 );
 
 fn title(s: &str) -> Title {
@@ -370,4 +371,44 @@ async fn key_cache_round_trips(store: Arc<dyn Store>) {
         store.cached_jwks().await.unwrap().as_deref(),
         Some(r#"{"keys":[1]}"#)
     );
+}
+
+async fn a_snapshot_brings_the_replica_to_its_state_once(store: Arc<dyn Store>) {
+    let kept = post_by(store.as_ref(), 1, "alice", "A").await;
+    let gone = post_by(store.as_ref(), 2, "bob", "B").await;
+    let snapshot = ReplicaSnapshot {
+        sequence: 40,
+        time: at(1_000),
+        changes: vec![
+            ReplicaChange::Profile {
+                id: 1,
+                username: "alice_renamed".into(),
+                avatar_url: String::new(),
+            },
+            ReplicaChange::SessionsRevoked {
+                user_id: 1,
+                session_ids: vec!["s9".into()],
+                expire_time: at(5_000),
+            },
+        ],
+    };
+    // Bob is not in it: deleted in the history that is gone.
+    assert_eq!(store.apply_snapshot(&snapshot).await.unwrap(), [2]);
+    assert_eq!(store.event_cursor().await.unwrap(), 40);
+    let post = store.post(kept).await.unwrap().unwrap();
+    assert_eq!(post.author_username, "alice_renamed");
+    assert_eq!(store.post(gone).await.unwrap(), None);
+    assert!(!store.author_exists(2).await.unwrap());
+    let revoked = store.revocations(at(2_000), micros(5_000)).await.unwrap();
+    assert_eq!(revoked.sessions, [("s9".to_string(), at(5_000))]);
+    assert_eq!(revoked.deleted_users, [(2, at(1_000))]);
+    // An older snapshot changes nothing.
+    let older = ReplicaSnapshot {
+        sequence: 30,
+        time: at(1_000),
+        changes: Vec::new(),
+    };
+    assert!(store.apply_snapshot(&older).await.unwrap().is_empty());
+    assert!(store.author_exists(1).await.unwrap());
+    assert_eq!(store.event_cursor().await.unwrap(), 40);
 }

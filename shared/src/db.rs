@@ -19,6 +19,8 @@ pub trait Backend: sqlx::Database {
     /// takes the write lock up front, so writers queue in order instead of
     /// failing on a lock upgrade.
     const BEGIN_WRITE: &'static str;
+    /// How a read-only transaction that sees one snapshot throughout begins.
+    const BEGIN_SNAPSHOT: &'static str;
     /// A statement that serialises writers of an ordered log (an outbox)
     /// from the first write to the commit, if the database needs one: on
     /// PostgreSQL an identity value is handed out at insert but becomes
@@ -32,6 +34,7 @@ pub trait Backend: sqlx::Database {
 
 impl Backend for sqlx::Postgres {
     const BEGIN_WRITE: &'static str = "BEGIN";
+    const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
     // The key spells "blog" and 1.
     const LOCK_LOG: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(108217865011201)");
 
@@ -42,6 +45,8 @@ impl Backend for sqlx::Postgres {
 
 impl Backend for sqlx::Sqlite {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    // A read transaction sees one snapshot from its first read on.
+    const BEGIN_SNAPSHOT: &'static str = "BEGIN";
     const LOCK_LOG: Option<&'static str> = None;
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {

@@ -136,6 +136,17 @@ impl std::fmt::Debug for KeyRecord {
     }
 }
 
+/// What every event up to `sequence` describes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsersSnapshot {
+    /// The outbox sequence it is as of (0 before any event).
+    pub sequence: i64,
+    /// `(id, username, avatar_key)` of every user.
+    pub users: Vec<(i64, String, Option<String>)>,
+    /// `(user_id, session_ids)` revoked since the time asked for.
+    pub revoked: Vec<(i64, Vec<String>)>,
+}
+
 /// An outbox row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
@@ -250,6 +261,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` outbox events after `sequence`, in order.
     async fn events_after(&self, sequence: i64, limit: i64) -> Result<Vec<EventRecord>>;
+    /// The sequence of the oldest event kept, if any.
+    async fn oldest_event(&self) -> Result<Option<i64>>;
+    /// Deletes the events committed before `before`, always keeping the
+    /// newest (the high-water mark); returns how many went.
+    async fn prune_events(&self, before: Timestamp) -> Result<u64>;
+    /// The users and the sessions revoked since `revoked_since`, as of one
+    /// outbox sequence, read in one snapshot.
+    async fn snapshot(&self, revoked_since: Timestamp) -> Result<UsersSnapshot>;
     /// Receives the sequence of each event this process commits, to wake
     /// event streams without polling. Other replicas' events are found by
     /// polling.

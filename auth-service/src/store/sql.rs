@@ -11,7 +11,8 @@ use sqlx::{ColumnIndex, Encode, Executor, FromRow, IntoArguments, Pool, Transact
 use tokio::sync::watch;
 
 use super::{
-    EventRecord, KeyRecord, NewSession, NewUser, Rotation, Sessions, Store, UpdatedUser, UserRecord,
+    EventRecord, KeyRecord, NewSession, NewUser, Rotation, Sessions, Store, UpdatedUser,
+    UserRecord, UsersSnapshot,
 };
 use crate::{
     domain::{Email, LoginName, Username, skeleton},
@@ -48,6 +49,8 @@ where
     (i64,): for<'r> FromRow<'r, DB::Row>,
     (String,): for<'r> FromRow<'r, DB::Row>,
     (Option<String>,): for<'r> FromRow<'r, DB::Row>,
+    (Option<i64>,): for<'r> FromRow<'r, DB::Row>,
+    (i64, String, Option<String>): for<'r> FromRow<'r, DB::Row>,
     (bool, bool): for<'r> FromRow<'r, DB::Row>,
     (i64, Timestamp): for<'r> FromRow<'r, DB::Row>,
     (i64, String): for<'r> FromRow<'r, DB::Row>,
@@ -157,6 +160,8 @@ where
     (i64,): for<'r> FromRow<'r, DB::Row>,
     (String,): for<'r> FromRow<'r, DB::Row>,
     (Option<String>,): for<'r> FromRow<'r, DB::Row>,
+    (Option<i64>,): for<'r> FromRow<'r, DB::Row>,
+    (i64, String, Option<String>): for<'r> FromRow<'r, DB::Row>,
     (bool, bool): for<'r> FromRow<'r, DB::Row>,
     (i64, Timestamp): for<'r> FromRow<'r, DB::Row>,
     (i64, String): for<'r> FromRow<'r, DB::Row>,
@@ -637,6 +642,57 @@ where
                 })
             })
             .collect()
+    }
+
+    async fn oldest_event(&self) -> Result<Option<i64>> {
+        let (oldest,): (Option<i64>,) = sqlx::query_as("SELECT MIN(sequence) FROM user_events")
+            .fetch_one(&self.read)
+            .await?;
+        Ok(oldest)
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> Result<u64> {
+        let pruned = sqlx::query(
+            "DELETE FROM user_events WHERE time < $1 \
+             AND sequence < (SELECT MAX(sequence) FROM user_events)",
+        )
+        .bind(before)
+        .execute(&self.write)
+        .await?;
+        Ok(DB::rows_affected(&pruned))
+    }
+
+    async fn snapshot(&self, revoked_since: Timestamp) -> Result<UsersSnapshot> {
+        let mut tx = self.read.begin_with(DB::BEGIN_SNAPSHOT).await?;
+        let (sequence,): (Option<i64>,) = sqlx::query_as("SELECT MAX(sequence) FROM user_events")
+            .fetch_one(&mut *tx)
+            .await?;
+        let users: Vec<(i64, String, Option<String>)> =
+            sqlx::query_as("SELECT id, username, avatar_key FROM users ORDER BY id")
+                .fetch_all(&mut *tx)
+                .await?;
+        let recent: Vec<(i64, Timestamp, String)> = sqlx::query_as(
+            "SELECT sequence, time, payload FROM user_events WHERE time >= $1 ORDER BY sequence",
+        )
+        .bind(revoked_since)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut revoked = Vec::new();
+        for (_, _, payload) in recent {
+            if let UserChange::SessionsRevoked {
+                user_id,
+                session_ids,
+            } = UserChange::from_json(&payload)?
+            {
+                revoked.push((user_id, session_ids));
+            }
+        }
+        Ok(UsersSnapshot {
+            sequence: sequence.unwrap_or(0),
+            users,
+            revoked,
+        })
     }
 
     fn event_commits(&self) -> tokio::sync::watch::Receiver<i64> {

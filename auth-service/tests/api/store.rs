@@ -56,6 +56,7 @@ conformance!(
     set_password_revokes_in_the_same_transaction,
     signing_keys_are_kept_newest_first,
     events_are_ordered_and_complete,
+    old_events_go_but_the_newest_stays_and_a_snapshot_is_consistent,
 );
 
 async fn new_user(store: &dyn Store, name: &str) -> i64 {
@@ -441,5 +442,44 @@ async fn events_are_ordered_and_complete(store: Arc<dyn Store>) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+async fn old_events_go_but_the_newest_stays_and_a_snapshot_is_consistent(store: Arc<dyn Store>) {
+    assert_eq!(store.oldest_event().await.unwrap(), None);
+    assert_eq!(store.snapshot(Timestamp::EPOCH).await.unwrap().sequence, 0);
+    let alice = new_user(store.as_ref(), "alice").await;
+    let bob = new_user(store.as_ref(), "bob").await;
+    new_session(store.as_ref(), bob, "s1", b"r1", later()).await;
+    store.end_sessions(bob, Sessions::All).await.unwrap();
+    store.delete_user(alice).await.unwrap();
+    let snapshot = store.snapshot(Timestamp::EPOCH).await.unwrap();
+    let newest = store
+        .events_after(0, 100)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .sequence;
+    assert_eq!(snapshot.sequence, newest);
+    assert_eq!(snapshot.users, [(bob, "bob".to_owned(), None)]);
+    assert_eq!(snapshot.revoked, [(bob, vec!["s1".to_owned()])]);
+    // Revocations older than asked for are left out.
+    let recent = store
+        .snapshot(Timestamp::now() + Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(recent.revoked.is_empty());
+
+    let pruned = store
+        .prune_events(Timestamp::now() + Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(pruned >= 3, "{pruned}");
+    assert_eq!(store.oldest_event().await.unwrap(), Some(newest));
+    assert_eq!(store.events_after(0, 100).await.unwrap().len(), 1);
+    assert_eq!(
+        store.snapshot(Timestamp::EPOCH).await.unwrap().sequence,
+        newest
     );
 }

@@ -105,6 +105,19 @@ pub enum ReplicaChange {
     },
 }
 
+/// The state the auth-service's events describe up to `sequence`, for a
+/// replica whose cursor is older than the events the auth-service keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSnapshot {
+    /// The sequence it is as of.
+    pub sequence: i64,
+    /// When it was taken (the deletion time of users found gone).
+    pub time: Timestamp,
+    /// A [`ReplicaChange::Profile`] for every user, and the revocations
+    /// still in force.
+    pub changes: Vec<ReplicaChange>,
+}
+
 /// Revocations still in force, to load into memory at start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RevocationSnapshot {
@@ -157,6 +170,12 @@ pub trait Store: Send + Sync + 'static {
     /// Applies event `sequence` and advances the cursor in one transaction;
     /// `false` (and no change) if it was applied before.
     async fn apply_event(&self, sequence: i64, change: &ReplicaChange) -> Result<bool>;
+    /// Applies `snapshot` and moves the cursor to its sequence in one
+    /// transaction: profiles upserted, revocations added, and every author
+    /// it does not know deleted (with their posts), as their deletion event
+    /// would have. Returns the authors deleted; nothing happens (and none
+    /// are returned) if the cursor is already at or past the sequence.
+    async fn apply_snapshot(&self, snapshot: &ReplicaSnapshot) -> Result<Vec<i64>>;
     /// Revocations in force at `now`: revoked sessions not yet expired, and
     /// users deleted less than `window` ago (older ones hold no live token).
     async fn revocations(&self, now: Timestamp, window: Duration) -> Result<RevocationSnapshot>;

@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use shared::{CurrentUser, db::Backend, time::Timestamp};
 use sqlx::{ColumnIndex, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
 
-use super::{ListedPost, Listing, Page, PostRecord, ReplicaChange, RevocationSnapshot, Store};
+use super::{
+    ListedPost, Listing, Page, PostRecord, ReplicaChange, ReplicaSnapshot, RevocationSnapshot,
+    Store,
+};
 use crate::{
     domain::{Content, Title},
     error::{Error, Result},
@@ -134,6 +137,71 @@ where
             .bind(Timestamp::now())
             .fetch_optional(executor)
             .await
+    }
+
+    /// The effect of one change, inside `tx`.
+    async fn apply_change(
+        tx: &mut Transaction<'static, DB>,
+        change: &ReplicaChange,
+    ) -> Result<(), sqlx::Error> {
+        match change {
+            ReplicaChange::Profile {
+                id,
+                username,
+                avatar_url,
+            } => {
+                sqlx::query(
+                    "INSERT INTO authors (id, username, avatar_url) \
+                     SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE user_id = $1) \
+                     ON CONFLICT (id) DO UPDATE SET username = excluded.username, avatar_url = excluded.avatar_url",
+                )
+                .bind(*id)
+                .bind(username.as_str())
+                .bind(avatar_url.as_str())
+                .execute(&mut **tx)
+                .await?;
+            }
+            ReplicaChange::UserDeleted { id, time } => {
+                // Order matters against a CreatePost in flight: the author
+                // delete waits for any post insert holding its row (and
+                // cascades), and the posts delete after it sees whatever
+                // committed meanwhile.
+                sqlx::query(
+                    "INSERT INTO deleted_users (user_id, delete_time) VALUES ($1, $2) \
+                     ON CONFLICT (user_id) DO NOTHING",
+                )
+                .bind(*id)
+                .bind(*time)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query("DELETE FROM authors WHERE id = $1")
+                    .bind(*id)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("DELETE FROM posts WHERE author_id = $1")
+                    .bind(*id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            ReplicaChange::SessionsRevoked {
+                user_id,
+                session_ids,
+                expire_time,
+            } => {
+                for session_id in session_ids {
+                    sqlx::query(
+                        "INSERT INTO revoked_sessions (session_id, user_id, expire_time) \
+                         VALUES ($1, $2, $3) ON CONFLICT (session_id) DO NOTHING",
+                    )
+                    .bind(session_id.as_str())
+                    .bind(*user_id)
+                    .bind(*expire_time)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -316,65 +384,51 @@ where
         if DB::rows_affected(&claimed) == 0 {
             return Ok(false);
         }
-        match change {
-            ReplicaChange::Profile {
-                id,
-                username,
-                avatar_url,
-            } => {
-                sqlx::query(
-                    "INSERT INTO authors (id, username, avatar_url) \
-                     SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE user_id = $1) \
-                     ON CONFLICT (id) DO UPDATE SET username = excluded.username, avatar_url = excluded.avatar_url",
-                )
-                .bind(*id)
-                .bind(username.as_str())
-                .bind(avatar_url.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-            ReplicaChange::UserDeleted { id, time } => {
-                // Order matters against a CreatePost in flight: the author
-                // delete waits for any post insert holding its row (and
-                // cascades), and the posts delete after it sees whatever
-                // committed meanwhile.
-                sqlx::query(
-                    "INSERT INTO deleted_users (user_id, delete_time) VALUES ($1, $2) \
-                     ON CONFLICT (user_id) DO NOTHING",
-                )
-                .bind(*id)
-                .bind(*time)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM authors WHERE id = $1")
-                    .bind(*id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM posts WHERE author_id = $1")
-                    .bind(*id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            ReplicaChange::SessionsRevoked {
-                user_id,
-                session_ids,
-                expire_time,
-            } => {
-                for session_id in session_ids {
-                    sqlx::query(
-                        "INSERT INTO revoked_sessions (session_id, user_id, expire_time) \
-                         VALUES ($1, $2, $3) ON CONFLICT (session_id) DO NOTHING",
-                    )
-                    .bind(session_id.as_str())
-                    .bind(*user_id)
-                    .bind(*expire_time)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-        }
+        Self::apply_change(&mut tx, change).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn apply_snapshot(&self, snapshot: &ReplicaSnapshot) -> Result<Vec<i64>> {
+        let mut tx = self.begin_write().await?;
+        let claimed =
+            sqlx::query("UPDATE event_cursor SET sequence = $1 WHERE id = 1 AND sequence < $1")
+                .bind(snapshot.sequence)
+                .execute(&mut *tx)
+                .await?;
+        if DB::rows_affected(&claimed) == 0 {
+            return Ok(Vec::new());
+        }
+        let present: std::collections::HashSet<i64> = snapshot
+            .changes
+            .iter()
+            .filter_map(|change| match change {
+                &ReplicaChange::Profile { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect();
+        let known: Vec<(i64,)> = sqlx::query_as("SELECT id FROM authors")
+            .fetch_all(&mut *tx)
+            .await?;
+        // Authors the snapshot does not know were deleted in the history
+        // that is gone.
+        let deleted: Vec<i64> = known
+            .into_iter()
+            .map(|(id,)| id)
+            .filter(|id| !present.contains(id))
+            .collect();
+        for change in &snapshot.changes {
+            Self::apply_change(&mut tx, change).await?;
+        }
+        for id in &deleted {
+            let change = ReplicaChange::UserDeleted {
+                id: *id,
+                time: snapshot.time,
+            };
+            Self::apply_change(&mut tx, &change).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     async fn revocations(&self, now: Timestamp, window: Duration) -> Result<RevocationSnapshot> {

@@ -351,3 +351,77 @@ fn image_png(out: &mut std::io::Cursor<Vec<u8>>) {
     ];
     out.get_mut().extend_from_slice(PNG);
 }
+
+#[tokio::test]
+async fn a_replica_behind_the_kept_history_catches_up_through_a_snapshot() {
+    let mut stack = spawn_stack().await;
+    let (alice, bob, carol) = (stack.user().await, stack.user().await, stack.user().await);
+    let a1 = stack.create_post(&alice, "A1", "x").await.unwrap();
+    stack.create_post(&bob, "B1", "x").await.unwrap();
+    stack.create_post(&carol, "C1", "x").await.unwrap();
+    eventually(PROPAGATION, "the first events to apply", || async {
+        total_posts(&stack, carol.id).await == 1
+    })
+    .await;
+    let (users, auth, store) = (
+        stack.users.clone(),
+        stack.auth.clone(),
+        stack.auth_state.store.clone(),
+    );
+    let (alice_token, bob_token, bob_password, carol_token) = (
+        alice.token.clone(),
+        bob.token.clone(),
+        bob.password.clone(),
+        carol.token.clone(),
+    );
+    stack
+        .restart_posts(async move {
+            // While the posts-service is away: a rename, a deletion and a
+            // logout, then every event but the newest is compacted away.
+            users
+                .clone()
+                .update_me(bearer(
+                    &alice_token,
+                    UpdateMeRequest {
+                        username: Some("alice_renamed_x".into()),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap();
+            users
+                .clone()
+                .delete_me(bearer(
+                    &bob_token,
+                    DeleteMeRequest {
+                        password: bob_password,
+                    },
+                ))
+                .await
+                .unwrap();
+            auth.clone()
+                .logout(bearer(&carol_token, LogoutRequest::default()))
+                .await
+                .unwrap();
+            let later = shared::time::Timestamp::now() + std::time::Duration::from_secs(3600);
+            assert!(store.prune_events(later).await.unwrap() > 0);
+        })
+        .await;
+    // The same effects as replaying the events would have had.
+    eventually(PROPAGATION, "the rename to show", || async {
+        author_name(&stack, a1.id).await.as_deref() == Some("alice_renamed_x")
+    })
+    .await;
+    assert_eq!(
+        total_posts(&stack, bob.id).await,
+        0,
+        "a deleted user's posts are gone"
+    );
+    assert_eq!(token_accepted(&stack, &bob).await, Code::Unauthenticated);
+    assert_eq!(token_accepted(&stack, &carol).await, Code::Unauthenticated);
+    assert_eq!(token_accepted(&stack, &alice).await, Code::Ok);
+    // And it follows the live stream from the snapshot on.
+    let dave = stack.user().await;
+    stack.create_post(&dave, "D1", "x").await.unwrap();
+    assert_eq!(total_posts(&stack, dave.id).await, 1);
+}
