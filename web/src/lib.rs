@@ -137,23 +137,28 @@ pub fn router(app: Shared) -> Router {
 /// error pages (with a request id to quote) and adds the security headers.
 async fn finish(State(app): State<Shared>, request: Request, next: Next) -> Response {
     let request_id = session::random_token()[..16].to_owned();
-    // After logging in, a GET comes back where it was; a form goes home.
-    let back = match request.method() {
-        &Method::GET => request
-            .uri()
-            .path_and_query()
-            .map_or("/".to_owned(), |p| p.as_str().to_owned()),
-        _ => "/".to_owned(),
-    };
+    // Kept for an error page only: opening the cookie costs a decryption,
+    // which the page's own handler has done already when all goes well.
+    let is_get = request.method() == Method::GET;
+    let uri = request.uri().clone();
+    let mut cookies = axum::http::HeaderMap::new();
+    for value in request.headers().get_all(header::COOKIE) {
+        cookies.append(header::COOKIE, value.clone());
+    }
     let cross_site = request.method() == Method::POST && !same_origin(&request);
-    let session = app.sealer.from_headers(request.headers());
     let mut response = if cross_site {
         ErrorPage::forbidden_cross_site().into_response()
     } else {
         next.run(request).await
     };
     if let Some(page) = response.extensions_mut().remove::<ErrorPage>() {
-        response = page.render(&app, &back, &request_id, session);
+        // After logging in, a GET comes back where it was; a form goes home.
+        let back = match uri.path_and_query() {
+            Some(path) if is_get => path.as_str(),
+            _ => "/",
+        };
+        let session = app.sealer.from_headers(&cookies);
+        response = page.render(&app, back, &request_id, session);
     }
     let headers = response.headers_mut();
     let set = |headers: &mut axum::http::HeaderMap, name, value: &'static str| {
@@ -212,21 +217,26 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: both services answer.
+/// `GET /readyz`: both services report SERVING (`grpc.health.v1`), so a
+/// balancer sends no visitor here while a page could not be built.
 async fn readyz(State(app): State<Shared>) -> Response {
-    use proto::{auth::GetJwksRequest, posts::ListPostsRequest};
-    let auth = app.auth().get_jwks(GetJwksRequest {}).await;
-    let posts = app
-        .posts()
-        .list_posts(ListPostsRequest {
-            page_size: 1,
-            ..Default::default()
-        })
-        .await;
-    if auth.is_ok() && posts.is_ok() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let serving = |channel: Channel| async move {
+        HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
+    };
+    let (auth, posts) = tokio::join!(
+        serving(app.auth_channel.clone()),
+        serving(app.posts_channel.clone())
+    );
+    if auth && posts {
         (StatusCode::OK, "ready").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "a service does not answer").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "a service is not serving").into_response()
     }
 }
 
