@@ -23,6 +23,8 @@ pub enum PageError {
     NotFound,
     /// The request itself is malformed (a bad id in the path, say).
     BadRequest,
+    /// An upload larger than the site takes.
+    TooLarge,
 }
 
 impl From<tonic::Status> for PageError {
@@ -142,6 +144,11 @@ impl IntoResponse for PageError {
                 StatusCode::BAD_REQUEST,
                 "Bad request",
                 "This address does not lead anywhere.",
+            ),
+            Self::TooLarge => ErrorPage::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Too large",
+                "That file is too large: a picture may be at most 12 MiB.",
             ),
             Self::Status(status) => from_status(status),
         };

@@ -243,6 +243,9 @@ async fn a_profile_picture_uploaded_on_the_account_page_shows_on_the_users_posts
     let bad = alice.upload_picture(b"not an image".to_vec()).await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(bad.body.contains(r#"class="error""#));
+    let huge = alice.upload_picture(vec![0; 13 << 20]).await;
+    assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(huge.body.contains("too large"), "{}", huge.body);
 
     let removed = alice
         .submit("/account", "/account/picture/delete", &[])

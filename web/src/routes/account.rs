@@ -199,22 +199,21 @@ pub async fn upload(
     visitor: Visitor,
     mut multipart: Multipart,
 ) -> Result<Response, PageError> {
+    // A body over the limit is a file too large; anything else unreadable
+    // is a malformed request.
+    let unreadable = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            PageError::TooLarge
+        } else {
+            PageError::BadRequest
+        }
+    };
     let mut csrf = String::new();
     let mut image = Vec::new();
-    while let Some(field) = multipart
-        .next_field()
-        .await
-        .map_err(|_| PageError::BadRequest)?
-    {
+    while let Some(field) = multipart.next_field().await.map_err(unreadable)? {
         match field.name() {
-            Some("csrf_token") => csrf = field.text().await.map_err(|_| PageError::BadRequest)?,
-            Some("image") => {
-                image = field
-                    .bytes()
-                    .await
-                    .map_err(|_| PageError::BadRequest)?
-                    .to_vec()
-            }
+            Some("csrf_token") => csrf = field.text().await.map_err(unreadable)?,
+            Some("image") => image = field.bytes().await.map_err(unreadable)?.to_vec(),
             _ => {}
         }
     }
