@@ -193,28 +193,18 @@ impl Keys {
             // agree on the newest.
             store.add_signing_key(&generate(clock.now())).await?;
         }
-        let keys = Self {
-            ring: RwLock::new(Arc::new(empty_ring(lifetime))),
+        let ring = read_ring(store, pinned.as_ref(), lifetime).await?;
+        Ok(Self {
+            ring: RwLock::new(Arc::new(ring)),
             pinned,
             lifetime,
             clock,
-        };
-        keys.reload(store).await?;
-        Ok(keys)
+        })
     }
 
     /// Rereads the keys from `store`.
     pub async fn reload(&self, store: &dyn Store) -> Result<()> {
-        let mut records = store.signing_keys().await?;
-        if let Some(pinned) = &self.pinned {
-            records.retain(|r| r.kid != pinned.kid);
-            records.push(pinned.clone());
-        }
-        let ring = KeyRing::new(
-            &records,
-            self.pinned.as_ref().map(|p| p.kid.as_str()),
-            self.lifetime,
-        )?;
+        let ring = read_ring(store, self.pinned.as_ref(), self.lifetime).await?;
         *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
         Ok(())
     }
@@ -252,14 +242,19 @@ impl Keys {
     }
 }
 
-/// A placeholder before the first load (never used to sign: `load` reloads
-/// before returning, and fails if no key can be loaded).
-fn empty_ring(lifetime: Duration) -> KeyRing {
-    KeyRing {
-        keys: Vec::new(),
-        pinned: None,
-        lifetime,
+/// The stored keys, with the pinned one (from `SIGNING_KEY_FILE`) in place
+/// of any stored copy of it.
+async fn read_ring(
+    store: &dyn Store,
+    pinned: Option<&KeyRecord>,
+    lifetime: Duration,
+) -> Result<KeyRing> {
+    let mut records = store.signing_keys().await?;
+    if let Some(pinned) = pinned {
+        records.retain(|r| r.kid != pinned.kid);
+        records.push(pinned.clone());
     }
+    KeyRing::new(&records, pinned.map(|p| p.kid.as_str()), lifetime)
 }
 
 /// Adds a key that starts signing after `delay` (longer than the verifiers'
