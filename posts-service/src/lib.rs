@@ -102,6 +102,16 @@ impl Application {
         ));
         keys::load_cached(store.as_ref(), &verifier).await;
 
+        // The cursor before the revocations: whatever another replica
+        // applies in between is streamed again, not missed.
+        let replica = Arc::new(ReplicaStatus::default());
+        replica.last_sequence.store(
+            store
+                .event_cursor()
+                .await
+                .context("reading the event cursor")?,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let revocations = Arc::new(Revocations::default());
         let window = revocation_window(&config);
         revocations.load(
@@ -140,7 +150,7 @@ impl Application {
             revocations,
             auth,
             internal_token,
-            replica: Arc::new(ReplicaStatus::default()),
+            replica,
             config,
         })
     }

@@ -33,7 +33,8 @@ use crate::{
 pub struct ReplicaStatus {
     /// Whether a stream is open now.
     pub connected: AtomicBool,
-    /// Sequence of the last event applied or seen.
+    /// Sequence of the last event applied or seen: where the stream
+    /// resumes. Starts at the stored cursor the revocations were loaded at.
     pub last_sequence: AtomicI64,
     /// Commit time of that event, microseconds since the epoch.
     pub last_event_time: AtomicI64,
@@ -91,17 +92,28 @@ impl Replica {
         Ok(request)
     }
 
-    /// One stream, from the stored cursor: `Ok` only on shutdown. A cursor
-    /// older than the events the auth-service keeps is first brought up to
-    /// date with a snapshot.
+    /// One stream, from where this replica is: `Ok` only on shutdown. An
+    /// empty replica, or one further behind than the events the
+    /// auth-service keeps, first loads a snapshot.
+    ///
+    /// The position is this replica's own (the last event it saw, or the
+    /// shared cursor its revocations were loaded at), not the shared
+    /// cursor: another replica may have moved that past events whose
+    /// revocations this one still has to learn. Events already applied to
+    /// the database are then only noted in memory.
     async fn follow(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         // The auth-service logs the stream under this trace too.
         let trace = TraceContext::root();
+        if self.position() == 0 {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                loaded = self.load_snapshot(&trace) => loaded?,
+            }
+        }
         let mut stream = loop {
-            let cursor = self.store.event_cursor().await?;
             let request = self.internal(
                 WatchUserEventsRequest {
-                    after_sequence: cursor,
+                    after_sequence: self.position(),
                 },
                 &trace,
             )?;
@@ -113,18 +125,17 @@ impl Replica {
                 Ok(stream) => break stream.into_inner(),
                 Err(status) if status.code() == tonic::Code::FailedPrecondition => {
                     tracing::info!(
-                        cursor,
-                        "events after the cursor are gone: loading a snapshot"
+                        position = self.position(),
+                        "events after this replica's position are gone: loading a snapshot"
                     );
                     self.load_snapshot(&trace).await?;
                 }
                 Err(status) => return Err(status.into()),
             }
         };
-        let cursor = self.store.event_cursor().await?;
         self.status.connected.store(true, Ordering::Relaxed);
         tracing::info!(
-            after = cursor,
+            after = self.position(),
             trace_id = trace.trace_id(),
             "following user events"
         );
@@ -156,6 +167,14 @@ impl Replica {
                 username: user.username,
                 avatar_url: user.avatar_url,
             }));
+            changes.extend(
+                part.deleted
+                    .into_iter()
+                    .map(|deleted| ReplicaChange::UserDeleted {
+                        id: deleted.user_id,
+                        time: now,
+                    }),
+            );
             changes.extend(part.revoked.into_iter().map(|revoked| {
                 ReplicaChange::SessionsRevoked {
                     user_id: revoked.user_id,
@@ -172,13 +191,16 @@ impl Replica {
         };
         let deleted = self.store.apply_snapshot(&snapshot).await?;
         for change in &snapshot.changes {
-            if let ReplicaChange::SessionsRevoked {
-                session_ids,
-                expire_time,
-                ..
-            } = change
-            {
-                self.revocations.revoke_sessions(session_ids, *expire_time);
+            match change {
+                ReplicaChange::SessionsRevoked {
+                    session_ids,
+                    expire_time,
+                    ..
+                } => self.revocations.revoke_sessions(session_ids, *expire_time),
+                ReplicaChange::UserDeleted { id, time } => {
+                    self.revocations.user_deleted(*id, *time + self.window)
+                }
+                ReplicaChange::Profile { .. } => {}
             }
         }
         for id in &deleted {
@@ -192,6 +214,11 @@ impl Replica {
             "caught up through a snapshot"
         );
         Ok(())
+    }
+
+    /// The last sequence this replica has seen.
+    fn position(&self) -> i64 {
+        self.status.last_sequence.load(Ordering::Relaxed)
     }
 
     async fn apply(&self, event: UserEvent) -> anyhow::Result<()> {

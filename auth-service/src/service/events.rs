@@ -7,8 +7,8 @@ use secrecy::ExposeSecret;
 use tonic::{Request, Response, Status};
 
 use proto::auth::{
-    SessionsRevoked, SnapshotUsersRequest, UserProfile, UserSnapshot, WatchUserEventsRequest,
-    user_event_service_server::UserEventService,
+    SessionsRevoked, SnapshotUsersRequest, UserDeleted, UserProfile, UserSnapshot,
+    WatchUserEventsRequest, user_event_service_server::UserEventService,
 };
 use shared::{secret::constant_time_eq, status::FieldErrors};
 
@@ -121,16 +121,23 @@ impl UserEventService for UserEventsApi {
             })
             .collect();
         tracing::info!(sequence, users = users.len(), "snapshot sent");
+        let deleted = snapshot
+            .deleted
+            .into_iter()
+            .map(|user_id| UserDeleted { user_id })
+            .collect();
         let mut parts = vec![UserSnapshot {
             sequence,
             users: Vec::new(),
             revoked,
+            deleted,
         }];
         for chunk in users.chunks(SNAPSHOT_PART) {
             parts.push(UserSnapshot {
                 sequence,
                 users: chunk.to_vec(),
                 revoked: Vec::new(),
+                deleted: Vec::new(),
             });
         }
         Ok(Response::new(Box::pin(futures::stream::iter(

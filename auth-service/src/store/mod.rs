@@ -145,6 +145,8 @@ pub struct UsersSnapshot {
     pub users: Vec<(i64, String, Option<String>)>,
     /// `(user_id, session_ids)` revoked since the time asked for.
     pub revoked: Vec<(i64, Vec<String>)>,
+    /// Users deleted since the time asked for.
+    pub deleted: Vec<i64>,
 }
 
 /// An outbox row.

@@ -678,20 +678,22 @@ where
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let mut revoked = Vec::new();
+        let (mut revoked, mut deleted) = (Vec::new(), Vec::new());
         for (_, _, payload) in recent {
-            if let UserChange::SessionsRevoked {
-                user_id,
-                session_ids,
-            } = UserChange::from_json(&payload)?
-            {
-                revoked.push((user_id, session_ids));
+            match UserChange::from_json(&payload)? {
+                UserChange::SessionsRevoked {
+                    user_id,
+                    session_ids,
+                } => revoked.push((user_id, session_ids)),
+                UserChange::UserDeleted { user_id } => deleted.push(user_id),
+                UserChange::UserUpserted { .. } => {}
             }
         }
         Ok(UsersSnapshot {
             sequence: sequence.unwrap_or(0),
             users,
             revoked,
+            deleted,
         })
     }
 

@@ -464,12 +464,14 @@ async fn old_events_go_but_the_newest_stays_and_a_snapshot_is_consistent(store: 
     assert_eq!(snapshot.sequence, newest);
     assert_eq!(snapshot.users, [(bob, "bob".to_owned(), None)]);
     assert_eq!(snapshot.revoked, [(bob, vec!["s1".to_owned()])]);
-    // Revocations older than asked for are left out.
+    assert_eq!(snapshot.deleted, [alice]);
+    // Revocations and deletions older than asked for are left out.
     let recent = store
         .snapshot(Timestamp::now() + Duration::from_secs(60))
         .await
         .unwrap();
     assert!(recent.revoked.is_empty());
+    assert!(recent.deleted.is_empty());
 
     let pruned = store
         .prune_events(Timestamp::now() + Duration::from_secs(3600))

@@ -425,3 +425,44 @@ async fn a_replica_behind_the_kept_history_catches_up_through_a_snapshot() {
     stack.create_post(&dave, "D1", "x").await.unwrap();
     assert_eq!(total_posts(&stack, dave.id).await, 1);
 }
+
+#[tokio::test]
+async fn a_new_replica_starts_from_a_snapshot_that_refuses_what_the_history_did() {
+    let stack = spawn_stack().await;
+    let (alice, bob, carol) = (stack.user().await, stack.user().await, stack.user().await);
+    delete_account(&stack, &bob).await;
+    stack
+        .auth
+        .clone()
+        .logout(bearer(&carol.token, LogoutRequest::default()))
+        .await
+        .unwrap();
+    let later = shared::time::Timestamp::now() + std::time::Duration::from_secs(3600);
+    assert!(stack.auth_state.store.prune_events(later).await.unwrap() > 0);
+
+    // A replica on an empty database: what it knows comes from the
+    // snapshot, including the deletion and the logout, whose tokens are
+    // still alive.
+    let db = testkit::TestDatabase::new("posts").await;
+    let (mut replica, mut posts) = stack.another_posts(&db).await;
+    let create = |user: &TestUser| {
+        bearer(
+            &user.token,
+            proto::posts::CreatePostRequest {
+                title: "on the new replica".into(),
+                content: "x".into(),
+            },
+        )
+    };
+    let post = posts
+        .create_post(create(&alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(post.author.unwrap().username, alice.username);
+    for refused in [&bob, &carol] {
+        let status = posts.create_post(create(refused)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    replica.stop().await;
+}

@@ -301,6 +301,21 @@ impl Stack {
         .await;
     }
 
+    /// Another posts-service, on `db`, following this stack's
+    /// auth-service; returned once it serves.
+    pub async fn another_posts(&self, db: &TestDatabase) -> (Running, PostServiceClient<Channel>) {
+        let running = start_posts(db, self.auth_service.addr, &self.common).await;
+        let client = PostServiceClient::new(channel(running.addr).await);
+        let addr = running.addr;
+        eventually(
+            Duration::from_secs(10),
+            "the other posts-service to serve",
+            || async { health(addr).await == ServingStatus::Serving },
+        )
+        .await;
+        (running, client)
+    }
+
     /// Stops the posts-service and starts it again on its database.
     pub async fn restart_posts(&mut self, between: impl Future<Output = ()>) {
         self.posts_service.stop().await;
