@@ -58,6 +58,12 @@ pub struct AuthConfig {
     /// so that only the posts-service can reach the internal event stream.
     #[arg(long, env = "AUTH_TLS_CLIENT_CA_FILE")]
     pub auth_tls_client_ca_file: Option<std::path::PathBuf>,
+    /// Balancers in front of this service (addresses or networks,
+    /// comma-separated): for calls from them, the client counted by the
+    /// per-address limits is read from `x-forwarded-for`. Empty: the TCP
+    /// peer is the client.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: crate::proxies::TrustedProxies,
     /// Mail settings.
     #[command(flatten)]
     pub mail: MailConfig,

@@ -34,6 +34,7 @@ pub mod keys;
 pub mod login;
 pub mod mail;
 pub mod password;
+pub mod proxies;
 pub mod resets;
 pub mod service;
 pub mod sessions;
@@ -109,6 +110,8 @@ pub struct AppState {
     pub clock: shared::time::Clock,
     /// How long a token can be presented (lifetime and leeway).
     pub token_lifetime: std::time::Duration,
+    /// Balancers whose `x-forwarded-for` is believed.
+    pub trusted_proxies: proxies::TrustedProxies,
 }
 
 /// The metadata in which a component of the deployment that calls on
@@ -118,15 +121,17 @@ pub const FORWARDED_FOR_HEADER: &str = "x-forwarded-for";
 
 impl AppState {
     /// The address the per-address limits count `request` under: the TCP
-    /// peer's, or, when the call carries the internal token (it comes from
-    /// the website, which calls on behalf of its visitors), the address in
-    /// `x-forwarded-for`. Without the token that header is ignored, so no
-    /// client can pick its own address.
+    /// peer's, or behind a trusted balancer the client it names
+    /// ([`proxies`]), or, when the call carries the internal token (it
+    /// comes from the website, which calls on behalf of its visitors), the
+    /// first address in `x-forwarded-for`. Otherwise that header is
+    /// ignored, so no client can pick its own address.
     pub fn client_address<T>(&self, request: &tonic::Request<T>) -> Option<std::net::IpAddr> {
         let metadata = request.metadata();
-        let forwarded = metadata
+        let header = metadata
             .get(FORWARDED_FOR_HEADER)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.to_str().ok());
+        let forwarded = header
             .and_then(|v| v.split(',').next())
             .and_then(|v| v.trim().parse().ok());
         if let Some(forwarded) = forwarded {
@@ -138,7 +143,9 @@ impl AppState {
                 return Some(forwarded);
             }
         }
-        request.remote_addr().map(|a| a.ip())
+        request
+            .remote_addr()
+            .map(|peer| self.trusted_proxies.client(peer.ip(), header))
     }
 
     /// The caller's own account; a token whose account is gone is an
@@ -301,6 +308,7 @@ impl Application {
             shutdown: tasks.stopping(),
             clock: config.common.clock.clone(),
             token_lifetime: token_lifetime(&config),
+            trusted_proxies: config.auth.trusted_proxies.clone(),
         });
         Ok(Self {
             listeners,
