@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -81,11 +82,45 @@ service Health { rpc Check(HealthCheckRequest) returns (HealthCheckResponse); }
 """
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_balancer(compose, work, addresses):
+    """nginx with the compose file's balancer configuration: the replicas'
+    names mapped to loopback, its published ports to free ones (the
+    services hold theirs here), checked with `nginx -t`."""
+    mount = next(v for v in compose["services"]["balancer"]["volumes"] if v.endswith("/etc/nginx/nginx.conf:ro"))
+    conf = open(os.path.join(ROOT, mount.split(":")[0])).read()
+    conf = re.sub(r"server (auth|posts):", "server 127.0.0.1:", conf)
+    for port, name in (("50051", "auth"), ("50052", "posts"), ("8081", "auth_http")):
+        if f"listen {port}" not in conf:
+            fail(f"the balancer does not listen on {port}")
+        conf = conf.replace(f"listen {port}", f"listen {addresses[name]}", 1)
+    prefix = os.path.join(work, "nginx")
+    os.makedirs(os.path.join(prefix, "logs"))
+    path = os.path.join(prefix, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    log = os.path.join(work, "balancer.log")
+    LOGS.append(log)
+    command = ["nginx", "-p", prefix, "-c", path,
+               "-g", f"pid {prefix}/nginx.pid; error_log {log} warn; daemon off;"]
+    checked = subprocess.run(command + ["-t"], capture_output=True, text=True)
+    if checked.returncode != 0:
+        fail(f"nginx -t: {checked.stderr}")
+    print("ok: the balancer's configuration passes nginx -t")
+    return subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT)
+
+
 def main():
     compose = yaml.safe_load(open(os.path.join(ROOT, "docker-compose.yml")))
     work = tempfile.mkdtemp(prefix="blog-deploy-")
     password = secrets.token_hex(12)
     suffix = secrets.token_hex(4)
+    balancer = {name: f"127.0.0.1:{free_port()}" for name in ("auth", "posts", "auth_http")}
 
     # The compose PostgreSQL: a user and one database per service.
     role = f"blog_{suffix}"
@@ -121,8 +156,8 @@ def main():
             value = value.replace("@postgres:5432/auth", f"@127.0.0.1:5432/{dbs['auth']}")
             value = value.replace("@postgres:5432/posts", f"@127.0.0.1:5432/{dbs['posts']}")
             value = value.replace("postgres://blog:", f"postgres://{role}:")
-            value = value.replace("http://auth:", "http://127.0.0.1:")
-            value = value.replace("http://posts:", "http://127.0.0.1:")
+            value = value.replace("http://balancer:50051", f"http://{balancer['auth']}")
+            value = value.replace("http://balancer:50052", f"http://{balancer['posts']}")
             value = value.replace("redis://redis:", "redis://127.0.0.1:")
             for name, path in secret_files.items():
                 value = value.replace(f"/run/secrets/{name}", path)
@@ -140,6 +175,10 @@ def main():
                 stdout=open(log, "w"),
                 stderr=subprocess.STDOUT,
             )
+            if service == "posts":
+                # The balancer starts once posts exists; posts becomes
+                # healthy through it (its keys come from the balanced auth).
+                processes["balancer"] = start_balancer(compose, work, balancer)
             # depends_on: condition: service_healthy, via the image's check.
             check = [BINARY, "healthcheck"]
             for _ in range(100):
@@ -152,7 +191,9 @@ def main():
                 fail(f"{service} never became healthy", LOGS)
             print(f"ok: {service} healthy (blog healthcheck)")
 
-        auth, posts = "127.0.0.1:50051", "127.0.0.1:50052"
+        # Clients reach the services through the balancer, as compose
+        # publishes it.
+        auth, posts = balancer["auth"], balancer["posts"]
         # Reflection is off, as compose configures it for production.
         if "reflection" not in grpcurl(posts, "list", ok=False).lower():
             fail("reflection should be off in the compose configuration", LOGS)

@@ -197,6 +197,12 @@ impl Application {
     /// Connects and migrates the database, loads the signing keys and binds
     /// the listen address.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // A snapshot's revocations and deletions are read from the events
+        // kept: they must outlive every token they refuse.
+        anyhow::ensure!(
+            config.auth.outbox_retention > token_lifetime(&config),
+            "OUTBOX_RETENTION_SECS must be longer than ACCESS_TOKEN_TTL_SECS plus TOKEN_LEEWAY_SECS"
+        );
         let store = store::connect(
             config.auth.auth_database_url.expose_secret(),
             config.auth.auth_db_acquire_timeout,
