@@ -28,6 +28,9 @@ use crate::{
     store::{ReplicaChange, ReplicaSnapshot, Store},
 };
 
+/// The most events applied in one transaction.
+const BATCH: usize = 512;
+
 /// How the stream is doing, for health reports and metrics.
 #[derive(Debug, Default)]
 pub struct ReplicaStatus {
@@ -147,7 +150,21 @@ impl Replica {
             let Some(event) = event else {
                 anyhow::bail!("the auth-service ended the stream");
             };
-            self.apply(event).await?;
+            // Events already received go with it, in one transaction: a
+            // backlog is caught up in batches, not one commit per event.
+            let mut batch = vec![event];
+            while batch.len() < BATCH {
+                match tokio::time::timeout(Duration::ZERO, stream.message()).await {
+                    Ok(Ok(Some(event))) => batch.push(event),
+                    Ok(Err(status)) => {
+                        self.apply(batch).await?;
+                        return Err(status.into());
+                    }
+                    // Nothing waiting, or the end (the next read reports it).
+                    Ok(Ok(None)) | Err(_) => break,
+                }
+            }
+            self.apply(batch).await?;
         }
     }
 
@@ -221,34 +238,46 @@ impl Replica {
         self.status.last_sequence.load(Ordering::Relaxed)
     }
 
-    async fn apply(&self, event: UserEvent) -> anyhow::Result<()> {
-        let time = event.time.map_or_else(Timestamp::now, Timestamp::from);
-        let Some(change) = event.event.map(|e| self.change(e, time)) else {
-            tracing::warn!(
-                sequence = event.sequence,
-                "event of an unknown kind skipped"
-            );
+    /// Applies `events` (in sequence order) to the store in one
+    /// transaction, and notes each in memory, applied here or before.
+    async fn apply(&self, events: Vec<UserEvent>) -> anyhow::Result<()> {
+        let Some(last) = events.last().map(|e| e.sequence) else {
             return Ok(());
         };
-        let applied = self.store.apply_event(event.sequence, &change).await?;
-        match &change {
-            ReplicaChange::SessionsRevoked {
-                session_ids,
-                expire_time,
-                ..
-            } => self.revocations.revoke_sessions(session_ids, *expire_time),
-            ReplicaChange::UserDeleted { id, time } => {
-                self.revocations.user_deleted(*id, *time + self.window)
+        let mut last_time = None;
+        let mut changes = Vec::with_capacity(events.len());
+        for event in events {
+            let time = event.time.map_or_else(Timestamp::now, Timestamp::from);
+            last_time = Some(time);
+            match event.event {
+                Some(e) => changes.push((event.sequence, self.change(e, time))),
+                None => tracing::warn!(
+                    sequence = event.sequence,
+                    "event of an unknown kind skipped"
+                ),
             }
-            ReplicaChange::Profile { .. } => {}
         }
-        self.status
-            .last_sequence
-            .store(event.sequence, Ordering::Relaxed);
-        self.status
-            .last_event_time
-            .store(time.as_micros(), Ordering::Relaxed);
-        tracing::debug!(sequence = event.sequence, applied, "user event");
+        let applied = self.store.apply_events(&changes).await?;
+        for (_, change) in &changes {
+            match change {
+                ReplicaChange::SessionsRevoked {
+                    session_ids,
+                    expire_time,
+                    ..
+                } => self.revocations.revoke_sessions(session_ids, *expire_time),
+                ReplicaChange::UserDeleted { id, time } => {
+                    self.revocations.user_deleted(*id, *time + self.window)
+                }
+                ReplicaChange::Profile { .. } => {}
+            }
+        }
+        self.status.last_sequence.store(last, Ordering::Relaxed);
+        if let Some(time) = last_time {
+            self.status
+                .last_event_time
+                .store(time.as_micros(), Ordering::Relaxed);
+        }
+        tracing::debug!(last, events = changes.len(), applied, "user events");
         Ok(())
     }
 

@@ -2,7 +2,11 @@
 //! settings, telling "unreachable" from "wrong", and the time unit every
 //! stored time uses.
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use sqlx::{
     PgPool, SqlitePool,
@@ -30,6 +34,12 @@ pub trait Backend: sqlx::Database {
 
     /// How many rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// The size of the write-ahead log of `pool`'s database, where the
+    /// service keeps it in a file of its own (SQLite).
+    fn log_bytes(_pool: &sqlx::Pool<Self>) -> Option<u64> {
+        None
+    }
 }
 
 impl Backend for sqlx::Postgres {
@@ -52,6 +62,22 @@ impl Backend for sqlx::Sqlite {
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         result.rows_affected()
     }
+
+    fn log_bytes(pool: &SqlitePool) -> Option<u64> {
+        Some(file_size(&wal_path(pool.connect_options().get_filename())))
+    }
+}
+
+/// The write-ahead log of the SQLite database at `db`.
+fn wal_path(db: &Path) -> PathBuf {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
+}
+
+/// The size of the file at `path`; 0 if there is none.
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// Opens a PostgreSQL pool whose acquire waits at most `acquire_timeout`, so
@@ -60,8 +86,55 @@ pub async fn open_postgres(url: &str, acquire_timeout: Duration) -> Result<PgPoo
     PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(acquire_timeout)
+        // No round trip before every call: a connection is tested only
+        // after it sat idle, when the server may have dropped it unseen.
+        // One that breaks in use fails that call (reads are retried once,
+        // [`retry_read`]) and is closed when it goes back to the pool.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_AFTER_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect(url)
         .await
+}
+
+/// How long a PostgreSQL connection may sit idle before it is tested.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
+
+/// Runs `read`, and once more if it failed because its connection had
+/// broken (the server restarted, or dropped it): the next attempt gets
+/// another connection. Only for reads: a write whose connection broke may
+/// or may not have committed.
+pub async fn retry_read<T, F, Fut>(read: F) -> Result<T, sqlx::Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    match read().await {
+        Err(e) if is_broken_connection(&e) => {
+            tracing::debug!(error = %e, "a read lost its connection: once more");
+            read().await
+        }
+        other => other,
+    }
+}
+
+/// Whether `e` says the connection itself is gone.
+fn is_broken_connection(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        // PostgreSQL: the connection failed (08006), or the server ended
+        // the session (57P01 admin shutdown, 57P02 crash shutdown).
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("08006" | "57P01" | "57P02"))
+        }
+        _ => false,
+    }
 }
 
 /// An SQLite database's two pools: readers, and the single writer.
@@ -103,7 +176,55 @@ pub async fn open_sqlite(url: &str, acquire_timeout: Duration) -> Result<SqliteP
     };
     let read = pool(sqlite_readers()).connect_with(options.clone()).await?;
     let write = pool(1).connect_with(options).await?;
+    tokio::spawn(bound_the_wal(write.clone()));
     Ok(SqlitePools { read, write })
+}
+
+/// How often the write-ahead log's size is looked at.
+const WAL_CHECK: Duration = Duration::from_secs(1);
+
+/// Above this size the write-ahead log is checkpointed and truncated.
+pub const WAL_LIMIT: u64 = 32 * 1024 * 1024;
+
+/// Keeps an SQLite database's write-ahead log under about [`WAL_LIMIT`]
+/// (plus what is written in a [`WAL_CHECK`]), until `write` closes.
+///
+/// SQLite's automatic checkpoint copies the log into the database after
+/// commits, but it never waits for readers, and the log only starts over
+/// from its beginning at a moment when no reader is using it: under a
+/// steady read load there is no such moment, and the file grows for ever.
+/// A `TRUNCATE` checkpoint, on the one write connection so no write of ours
+/// waits behind it inside SQLite, waits (up to the busy timeout) for the
+/// readers of older snapshots to finish, which takes as long as one read;
+/// readers that start meanwhile read the database file and do not hold it
+/// up. Then the log is emptied.
+async fn bound_the_wal(write: SqlitePool) {
+    let wal = wal_path(write.connect_options().get_filename());
+    let mut every = tokio::time::interval(WAL_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !write.is_closed() {
+        every.tick().await;
+        if file_size(&wal) <= WAL_LIMIT {
+            continue;
+        }
+        match checkpoint(&write).await {
+            Ok(true) => tracing::debug!("write-ahead log truncated"),
+            Ok(false) => tracing::warn!("write-ahead log still in use by a reader: not truncated"),
+            Err(e) if write.is_closed() => tracing::debug!(error = %e, "database closed"),
+            Err(e) => tracing::warn!(error = %e, "cannot checkpoint the write-ahead log"),
+        }
+    }
+}
+
+/// Copies the write-ahead log into the database and empties it, waiting for
+/// readers of older snapshots (up to the busy timeout). Whether it could.
+pub async fn checkpoint(write: &SqlitePool) -> Result<bool, sqlx::Error> {
+    // (busy, frames in the log, frames copied): busy is 1 when a reader or
+    // writer kept it from completing.
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_all(write)
+        .await?;
+    Ok(rows.first().is_some_and(|(busy, _, _)| *busy == 0))
 }
 
 /// Creates `dir` (and its parents) if missing; a directory this creates is
@@ -179,15 +300,18 @@ pub struct PoolStatus {
     pub idle: u32,
     /// The most connections the pool opens.
     pub max: u32,
+    /// The size of the database's write-ahead log, on SQLite.
+    pub wal_bytes: Option<u64>,
 }
 
 impl PoolStatus {
     /// The state of `pool`.
-    pub fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Self {
+    pub fn of<DB: Backend>(pool: &sqlx::Pool<DB>) -> Self {
         Self {
             size: pool.size(),
             idle: pool.num_idle() as u32,
             max: pool.options().get_max_connections(),
+            wal_bytes: DB::log_bytes(pool),
         }
     }
 }
@@ -282,6 +406,71 @@ mod tests {
         let pools = open_sqlite(&url, Duration::from_secs(5)).await.unwrap();
         assert!(plans_are_stable(&pools.read).await);
         assert!(plans_are_stable(&pools.write).await);
+        pools.read.close().await;
+        pools.write.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_lost_its_connection_runs_once_more_and_no_more() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let broken = || sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into());
+        let attempts = AtomicU32::new(0);
+        let read = retry_read(|| async {
+            match attempts.fetch_add(1, Ordering::Relaxed) {
+                0 => Err(broken()),
+                _ => Ok(7),
+            }
+        });
+        assert_eq!(read.await.unwrap(), 7);
+        assert_eq!(attempts.load(Ordering::Relaxed), 2);
+
+        let attempts = AtomicU32::new(0);
+        let read = retry_read(|| async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            Err::<(), _>(broken())
+        });
+        assert!(read.await.is_err());
+        assert_eq!(
+            attempts.load(Ordering::Relaxed),
+            2,
+            "once more, not for ever"
+        );
+
+        // Any other failure is the answer.
+        let attempts = AtomicU32::new(0);
+        let read = retry_read(|| async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            Err::<(), _>(sqlx::Error::RowNotFound)
+        });
+        assert!(read.await.is_err());
+        assert_eq!(attempts.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_empties_the_write_ahead_log() {
+        let dir = std::env::temp_dir().join(format!(
+            "blog-db-wal-{}-{}",
+            std::process::id(),
+            crate::time::Timestamp::now().as_micros()
+        ));
+        let url = format!("sqlite://{}/test.db", dir.display());
+        let pools = open_sqlite(&url, Duration::from_secs(5)).await.unwrap();
+        sqlx::query("CREATE TABLE t (x TEXT)")
+            .execute(&pools.write)
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            sqlx::query("INSERT INTO t VALUES (randomblob(4000))")
+                .execute(&pools.write)
+                .await
+                .unwrap();
+        }
+        let before = <sqlx::Sqlite as Backend>::log_bytes(&pools.read).unwrap();
+        assert!(before > 100_000, "{before}");
+        assert_eq!(PoolStatus::of(&pools.read).wal_bytes, Some(before));
+        assert!(checkpoint(&pools.write).await.unwrap());
+        assert_eq!(<sqlx::Sqlite as Backend>::log_bytes(&pools.read), Some(0));
         pools.read.close().await;
         pools.write.close().await;
         let _ = std::fs::remove_dir_all(dir);

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub token_rejections: Family<ReasonLabels, Counter>,
     /// `db_pool_connections`: database connections in use, idle, and the maximum.
     pub db_pool: Family<PoolLabels, Gauge>,
+    /// `sqlite_wal_bytes`: the size of SQLite's write-ahead log.
+    pub wal_bytes: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -113,12 +115,19 @@ impl Metrics {
             "Database connections: in use, idle, and the pool's maximum",
             db_pool.clone(),
         );
+        let wal_bytes = Gauge::default();
+        registry.register(
+            "sqlite_wal_bytes",
+            "Size of the SQLite database's write-ahead log, in bytes (0 on PostgreSQL)",
+            wal_bytes.clone(),
+        );
         Self {
             registry,
             calls,
             latency,
             token_rejections,
             db_pool,
+            wal_bytes,
         }
     }
 
@@ -145,6 +154,9 @@ impl Metrics {
             self.db_pool
                 .get_or_create(&PoolLabels { state })
                 .set(i64::from(value));
+        }
+        if let Some(bytes) = pool.wal_bytes {
+            self.wal_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
     }
 

@@ -169,7 +169,14 @@ pub trait Store: Send + Sync + 'static {
     async fn event_cursor(&self) -> Result<i64>;
     /// Applies event `sequence` and advances the cursor in one transaction;
     /// `false` (and no change) if it was applied before.
-    async fn apply_event(&self, sequence: i64, change: &ReplicaChange) -> Result<bool>;
+    async fn apply_event(&self, sequence: i64, change: &ReplicaChange) -> Result<bool> {
+        let events = [(sequence, change.clone())];
+        Ok(self.apply_events(&events).await? == 1)
+    }
+    /// Applies the events of `events` (in increasing sequence) not applied
+    /// before, and advances the cursor to the last, in one transaction.
+    /// Returns how many it applied.
+    async fn apply_events(&self, events: &[(i64, ReplicaChange)]) -> Result<usize>;
     /// Applies `snapshot` and moves the cursor to its sequence in one
     /// transaction: profiles upserted, revocations added, and every author
     /// it does not know deleted (with their posts), as their deletion event

@@ -7,7 +7,11 @@
 use std::{sync::LazyLock, time::Duration};
 
 use async_trait::async_trait;
-use shared::{CurrentUser, db::Backend, time::Timestamp};
+use shared::{
+    CurrentUser,
+    db::{Backend, retry_read},
+    time::Timestamp,
+};
 use sqlx::{ColumnIndex, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
 
 use super::{
@@ -22,6 +26,12 @@ use crate::{
 /// The columns of a [`PostRecord`], from `posts p` joined with `authors a`.
 const POST_COLUMNS: &str = "p.id, p.title, p.content, p.create_time, p.update_time, p.author_id, \
      a.username AS author_username, a.avatar_url AS author_avatar_url";
+
+// Writes with `RETURNING` are fetched with `fetch_all`, never
+// `fetch_optional`: that resets the statement after its first row, which
+// commits it, but SQLite runs its WAL hook (the automatic checkpoint) only
+// after a statement that steps to its end. With every write committed by a
+// reset, no checkpoint ever ran and the WAL grew by every post written.
 
 /// A `RETURNING` clause giving a written post as a [`PostRecord`], author
 /// included: one round trip writes the row and reads it back.
@@ -45,12 +55,24 @@ static INSERT_POST: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// How many posts there are: the sixteen overall rows of `post_counts`,
+/// kept by triggers in each write's transaction (migration 0002).
+const COUNT_ALL: &str =
+    "SELECT CAST(COALESCE(SUM(posts), 0) AS BIGINT) FROM post_counts WHERE author_id < 0";
+
+/// How many posts one author has, the author's id to follow.
+const COUNT_AUTHOR: &str =
+    "SELECT CAST(COALESCE(SUM(posts), 0) AS BIGINT) FROM post_counts WHERE author_id = ";
+
+/// How many posts the author `$1` has.
+static COUNT_AUTHOR_POSTS: LazyLock<String> = LazyLock::new(|| format!("{COUNT_AUTHOR}$1"));
+
 /// A page of everyone's posts, the total riding along as a column: an
 /// uncorrelated subquery, evaluated once per statement, so one round trip
 /// per page.
 static LIST_POSTS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {POST_COLUMNS}, (SELECT COUNT(*) FROM posts) AS total_size \
+        "SELECT {POST_COLUMNS}, ({COUNT_ALL}) AS total_size \
          FROM posts p JOIN authors a ON a.id = p.author_id \
          WHERE (p.create_time, p.id) < ($1, $2) \
          ORDER BY p.create_time DESC, p.id DESC LIMIT $3"
@@ -60,7 +82,7 @@ static LIST_POSTS: LazyLock<String> = LazyLock::new(|| {
 /// A page of one author's posts, with their total.
 static LIST_AUTHOR_POSTS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {POST_COLUMNS}, (SELECT COUNT(*) FROM posts WHERE author_id = $4) AS total_size \
+        "SELECT {POST_COLUMNS}, ({COUNT_AUTHOR}$4) AS total_size \
          FROM posts p JOIN authors a ON a.id = p.author_id \
          WHERE p.author_id = $4 AND (p.create_time, p.id) < ($1, $2) \
          ORDER BY p.create_time DESC, p.id DESC LIMIT $3"
@@ -130,13 +152,14 @@ where
         title: &Title,
         content: &Content,
     ) -> Result<Option<PostRecord>, sqlx::Error> {
-        sqlx::query_as(INSERT_POST.as_str())
+        let written = sqlx::query_as(INSERT_POST.as_str())
             .bind(author_id)
             .bind(title.as_str())
             .bind(content.as_str())
             .bind(Timestamp::now())
-            .fetch_optional(executor)
-            .await
+            .fetch_all(executor)
+            .await?;
+        Ok(written.into_iter().next())
     }
 
     /// The effect of one change, inside `tx`.
@@ -272,28 +295,33 @@ where
     }
 
     async fn post(&self, id: i64) -> Result<Option<PostRecord>> {
-        Ok(sqlx::query_as(GET_POST.as_str())
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?)
+        Ok(retry_read(|| {
+            sqlx::query_as(GET_POST.as_str())
+                .bind(id)
+                .fetch_optional(&self.read)
+        })
+        .await?)
     }
 
     async fn list_posts(&self, listing: Listing) -> Result<Page> {
         let (time, id) = listing
             .after
             .unwrap_or((Timestamp::from_micros(i64::MAX), i64::MAX));
-        let query = match listing.author {
-            None => sqlx::query_as(LIST_POSTS.as_str())
-                .bind(time)
-                .bind(id)
-                .bind(listing.limit),
-            Some(author) => sqlx::query_as(LIST_AUTHOR_POSTS.as_str())
-                .bind(time)
-                .bind(id)
-                .bind(listing.limit)
-                .bind(author),
-        };
-        let rows: Vec<ListedPost> = query.fetch_all(&self.read).await?;
+        let rows: Vec<ListedPost> = retry_read(|| {
+            let query = match listing.author {
+                None => sqlx::query_as(LIST_POSTS.as_str())
+                    .bind(time)
+                    .bind(id)
+                    .bind(listing.limit),
+                Some(author) => sqlx::query_as(LIST_AUTHOR_POSTS.as_str())
+                    .bind(time)
+                    .bind(id)
+                    .bind(listing.limit)
+                    .bind(author),
+            };
+            query.fetch_all(&self.read)
+        })
+        .await?;
         let total_size = match rows.first() {
             Some(row) => row.total_size,
             // An empty page carries no count: ask for it.
@@ -307,13 +335,9 @@ where
 
     async fn count_posts(&self, author: Option<i64>) -> Result<i64> {
         let count = match author {
-            None => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM posts")
-                    .fetch_one(&self.read)
-                    .await?
-            }
+            None => sqlx::query_scalar(COUNT_ALL).fetch_one(&self.read).await?,
             Some(author) => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM posts WHERE author_id = $1")
+                sqlx::query_scalar(COUNT_AUTHOR_POSTS.as_str())
                     .bind(author)
                     .fetch_one(&self.read)
                     .await?
@@ -337,15 +361,15 @@ where
         title: Option<&Title>,
         content: Option<&Content>,
     ) -> Result<PostRecord> {
-        let updated: Option<PostRecord> = sqlx::query_as(UPDATE_POST.as_str())
+        let updated: Vec<PostRecord> = sqlx::query_as(UPDATE_POST.as_str())
             .bind(id)
             .bind(author_id)
             .bind(title.map(|t| t.as_str()))
             .bind(content.map(|c| c.as_str()))
             .bind(Timestamp::now())
-            .fetch_optional(&self.write)
+            .fetch_all(&self.write)
             .await?;
-        match updated {
+        match updated.into_iter().next() {
             Some(post) => Ok(post),
             None => Err(self.refusal(id, "update").await),
         }
@@ -371,22 +395,33 @@ where
         )
     }
 
-    async fn apply_event(&self, sequence: i64, change: &ReplicaChange) -> Result<bool> {
+    async fn apply_events(&self, events: &[(i64, ReplicaChange)]) -> Result<usize> {
+        let Some(&(last, _)) = events.last() else {
+            return Ok(0);
+        };
         let mut tx = self.begin_write().await?;
-        // Advancing the cursor first both claims the event (another replica
-        // applying it concurrently waits here, then finds the cursor moved)
-        // and makes a replay a no-op.
-        let claimed =
-            sqlx::query("UPDATE event_cursor SET sequence = $1 WHERE id = 1 AND sequence < $1")
-                .bind(sequence)
-                .execute(&mut *tx)
-                .await?;
-        if DB::rows_affected(&claimed) == 0 {
-            return Ok(false);
+        // Locking the cursor first makes another replica applying the same
+        // events wait here, and then find them applied.
+        sqlx::query("UPDATE event_cursor SET sequence = sequence WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let (cursor,): (i64,) = sqlx::query_as("SELECT sequence FROM event_cursor WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        if last <= cursor {
+            return Ok(0);
         }
-        Self::apply_change(&mut tx, change).await?;
+        let mut applied = 0;
+        for (_, change) in events.iter().filter(|(sequence, _)| *sequence > cursor) {
+            Self::apply_change(&mut tx, change).await?;
+            applied += 1;
+        }
+        sqlx::query("UPDATE event_cursor SET sequence = $1 WHERE id = 1")
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(applied)
     }
 
     async fn apply_snapshot(&self, snapshot: &ReplicaSnapshot) -> Result<Vec<i64>> {
