@@ -9,8 +9,12 @@
 //! mean something on a two-core machine. Every response's status is checked:
 //! a refused call is counted as an error, never as throughput.
 //!
-//! `blog-bench noop-server ADDR` is the W0 server: `grpc.health.v1` alone on
-//! a server built with the services' own settings.
+//! `blog-bench --noop-server ADDR` is the W0 server: `grpc.health.v1` alone
+//! on a bare tonic server (tonic's defaults, the services' runtime, none of
+//! the project's code), the ceiling every ratio is taken against.
+//! `--layered-noop-server ADDR` is W0': the same no-op through the services'
+//! own server (observation, admission, connection limits), so the cost of
+//! those layers is a figure of its own.
 
 use std::{
     net::SocketAddr,
@@ -37,9 +41,14 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 /// What to run.
 #[derive(Debug, Parser)]
 struct Cli {
-    /// Serve the W0 no-op server on this address instead of benchmarking.
+    /// Serve the W0 no-op server (bare tonic) on this address instead of
+    /// benchmarking.
     #[arg(long)]
     noop_server: Option<SocketAddr>,
+    /// Serve the W0' no-op server (the services' layers) on this address
+    /// instead of benchmarking.
+    #[arg(long)]
+    layered_noop_server: Option<SocketAddr>,
     /// Print one argon2 verification's time in microseconds and exit (run
     /// pinned to the servers' core, as the W4 ceiling).
     #[arg(long)]
@@ -63,6 +72,20 @@ struct Cli {
     /// The core the servers are pinned to.
     #[arg(long, default_value = "0")]
     server_core: String,
+    /// Measure cost against data size instead (`sizes.rs`): 10^3 to
+    /// 10^6 posts, bulk-loaded; SVG curves are written to `--plots`.
+    #[arg(long)]
+    sizes: bool,
+    /// The largest size `--sizes` loads.
+    #[arg(long, default_value_t = 1_000_000)]
+    sizes_max: i64,
+    /// Draw `bench/history.csv` (the W0-W5 ratios over the changes) and
+    /// exit.
+    #[arg(long)]
+    history: bool,
+    /// Where the SVG charts go.
+    #[arg(long, default_value = "bench/plots")]
+    plots: PathBuf,
     /// Run only these workloads (e.g. `w2,w3`), to profile one at a time;
     /// the servers' process ids are printed so `perf record -p` can attach.
     /// W0 always runs: it is the others' reference.
@@ -262,14 +285,27 @@ struct Server {
     name: &'static str,
 }
 
+mod chart;
+mod sizes;
+
 impl Server {
+    /// Resident memory now, in MiB.
+    fn rss_mib(&self) -> f64 {
+        self.status_mib("VmRSS:")
+    }
+
     /// Peak resident memory, in MiB.
     fn peak_rss_mib(&self) -> f64 {
+        self.status_mib("VmHWM:")
+    }
+
+    /// A `/proc/PID/status` figure given in kB, in MiB.
+    fn status_mib(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             .map_or(0.0, |kb| kb / 1024.0)
     }
@@ -546,18 +582,7 @@ async fn run_backend(
     };
     let mut rows = Vec::new();
     let r = cli.rounds;
-    let w0 = {
-        let w0_channel = w0_channel.clone();
-        call(move |_| {
-            let mut client = HealthClient::new(w0_channel.clone());
-            async move {
-                client
-                    .check(HealthCheckRequest::default())
-                    .await
-                    .map(|_| ())
-            }
-        })
-    };
+    let w0 = health_check(w0_channel);
     let rate = |f: &Figures| f.per_second;
     let p99 = |f: &Figures| f.p99.as_secs_f64();
     // Each workload alternates with W0, its ceiling, round by round.
@@ -793,7 +818,18 @@ async fn run_backend(
     Ok(())
 }
 
+/// W0: tonic as it comes, serving the health protocol, nothing else.
 async fn noop_server(addr: SocketAddr) -> anyhow::Result<()> {
+    let (_, health) = tonic_health::server::health_reporter();
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .serve(addr)
+        .await?;
+    Ok(())
+}
+
+/// W0': the same through the services' own server and its layers.
+async fn layered_noop_server(addr: SocketAddr) -> anyhow::Result<()> {
     let config = shared::config::CommonConfig {
         max_concurrent_calls: 100_000,
         reflection: false,
@@ -811,6 +847,154 @@ async fn noop_server(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--history`: the ratios to W0 recorded in `bench/history.csv` (one line
+/// per measured change: its label, then W1, W2 and W3 on SQLite), drawn.
+fn history(cli: &Cli) -> anyhow::Result<()> {
+    let csv = std::fs::read_to_string("bench/history.csv").context("reading bench/history.csv")?;
+    let mut lines = csv
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty());
+    let header: Vec<&str> = lines
+        .next()
+        .context("an empty history")?
+        .split(',')
+        .collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let labels = rows.iter().map(|r| r[0].to_owned()).collect();
+    let series = header[1..]
+        .iter()
+        .enumerate()
+        .map(|(k, name)| chart::Series {
+            name: (*name).to_owned(),
+            points: rows
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| Some((i as f64, r.get(k + 1)?.trim().parse().ok()?)))
+                .collect(),
+        })
+        .collect::<Vec<_>>();
+    std::fs::create_dir_all(&cli.plots)?;
+    let path = cli.plots.join("history.svg");
+    std::fs::write(
+        &path,
+        chart::line_chart(
+            "Ratio to W0 over the changes (SQLite)",
+            &chart::XAxis::Steps(labels),
+            "x W0",
+            &series,
+        ),
+    )?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// `--sizes`: the size curves on SQLite, and on PostgreSQL if given.
+async fn run_sizes(cli: &Cli) -> anyhow::Result<()> {
+    println!("## blog-bench --sizes\n");
+    println!(
+        "{} calls in flight, {} s measured per workload and size after 1 s of warm-up; servers pinned to core {}.",
+        cli.concurrency, cli.seconds, cli.server_core
+    );
+    let dir = std::env::temp_dir().join(format!("blog-sizes-sqlite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let urls = (
+        format!("sqlite://{}/auth.db", dir.display()),
+        format!("sqlite://{}/posts.db", dir.display()),
+    );
+    let curves = sizes::run(cli, "SQLite", urls).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    sizes::report(&curves?, &cli.plots)?;
+    if let Some(base) = &cli.postgres {
+        let names = with_postgres_databases(base, "sizes").await?;
+        let result = sizes::run(
+            cli,
+            "PostgreSQL",
+            (format!("{base}/{}", names.0), format!("{base}/{}", names.1)),
+        )
+        .await;
+        drop_postgres_databases(base, &names).await?;
+        sizes::report(&result?, &cli.plots)?;
+    }
+    Ok(())
+}
+
+/// Creates an auth and a posts database on the server at `base`.
+async fn with_postgres_databases(base: &str, what: &str) -> anyhow::Result<(String, String)> {
+    use sqlx::Connection;
+    let suffix = std::process::id();
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
+    let names = (
+        format!("bench_{what}_auth_{suffix}"),
+        format!("bench_{what}_posts_{suffix}"),
+    );
+    for name in [&names.0, &names.1] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await?;
+    }
+    Ok(names)
+}
+
+/// Drops what [`with_postgres_databases`] made.
+async fn drop_postgres_databases(base: &str, names: &(String, String)) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
+    for name in [&names.0, &names.1] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A `Health/Check` call on `channel`.
+fn health_check(channel: &Channel) -> Call {
+    let channel = channel.clone();
+    call(move |_| {
+        let mut client = HealthClient::new(channel.clone());
+        async move {
+            client
+                .check(HealthCheckRequest::default())
+                .await
+                .map(|_| ())
+        }
+    })
+}
+
+/// W0' against W0: what the services' own server costs a call that does
+/// nothing.
+async fn layers_against_bare(cli: &Cli, bare: &Channel, layered: &Channel) {
+    let runs = alternate(
+        cli.concurrency,
+        cli.seconds,
+        cli.rounds,
+        &[health_check(bare), health_check(layered)],
+    )
+    .await;
+    println!(
+        "
+### The ceiling
+"
+    );
+    println!("| workload | calls ok | calls/s | p50 ms | p99 ms | errors | ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    for line in rows_against_w0("W0'", &runs, &["W0' no-op through the services' layers"]) {
+        println!("{line}");
+    }
+    let spread: Vec<String> = runs[0]
+        .iter()
+        .zip(&runs[1])
+        .map(|(bare, layered)| format!("{:.2}", layered.per_second / bare.per_second))
+        .collect();
+    println!(
+        "
+- W0' / W0 per round: {}",
+        spread.join(", ")
+    );
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -820,6 +1004,16 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(addr) = cli.noop_server {
         return noop_server(addr).await;
+    }
+    if let Some(addr) = cli.layered_noop_server {
+        return layered_noop_server(addr).await;
+    }
+
+    if cli.history {
+        return history(&cli);
+    }
+    if cli.sizes {
+        return run_sizes(&cli).await;
     }
 
     println!("## blog-bench\n");
@@ -844,6 +1038,17 @@ async fn main() -> anyhow::Result<()> {
         &[],
     )?;
     let w0_channel = channel(w0_addr).await?;
+    let layered_addr = free_addr();
+    let layered_server = spawn_pinned(
+        &cli,
+        "no-op server through the services' layers",
+        bench.to_str().context("binary path")?,
+        &["--layered-noop-server", &layered_addr.to_string()],
+        &[],
+    )?;
+    let layered_channel = channel(layered_addr).await?;
+    layers_against_bare(&cli, &w0_channel, &layered_channel).await;
+    drop(layered_server);
 
     let sqlite_dir = std::env::temp_dir().join(format!("blog-bench-sqlite-{}", std::process::id()));
     let urls = (
@@ -854,18 +1059,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&sqlite_dir);
 
     if let Some(base) = &cli.postgres {
-        use sqlx::Connection;
-        let suffix = std::process::id();
-        let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
-        let names = (
-            format!("bench_auth_{suffix}"),
-            format!("bench_posts_{suffix}"),
-        );
-        for name in [&names.0, &names.1] {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut admin)
-                .await?;
-        }
+        let names = with_postgres_databases(base, "w").await?;
         let result = run_backend(
             &cli,
             "PostgreSQL",
@@ -873,13 +1067,7 @@ async fn main() -> anyhow::Result<()> {
             &w0_channel,
         )
         .await;
-        for name in [&names.0, &names.1] {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut admin)
-            .await?;
-        }
+        drop_postgres_databases(base, &names).await?;
         result?;
     }
     drop(w0_server);
