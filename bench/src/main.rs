@@ -289,9 +289,16 @@ mod chart;
 mod sizes;
 
 impl Server {
-    /// Resident memory now, in MiB.
+    /// Resident memory of the process's own (anonymous) pages now, in MiB:
+    /// what it allocated, without the database file pages SQLite maps,
+    /// which the kernel's page cache holds either way.
     fn rss_mib(&self) -> f64 {
-        self.status_mib("VmRSS:")
+        self.status_mib("RssAnon:")
+    }
+
+    /// Resident file pages now (SQLite's memory-mapped database), in MiB.
+    fn file_rss_mib(&self) -> f64 {
+        self.status_mib("RssFile:")
     }
 
     /// Peak resident memory, in MiB.

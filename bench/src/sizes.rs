@@ -106,7 +106,9 @@ struct Point {
 pub struct Curves {
     label: String,
     points: Vec<Point>,
-    rss_mib: Vec<(i64, f64)>,
+    rss_mib: Vec<(i64, f64, f64)>,
+    /// SQLite's write-ahead log after each size's workloads, in MiB.
+    wal_mib: Vec<(i64, f64)>,
     catch_up: Option<f64>,
 }
 
@@ -210,6 +212,7 @@ pub async fn run(cli: &Cli, label: &str, urls: (String, String)) -> anyhow::Resu
         label: label.to_owned(),
         points: Vec::new(),
         rss_mib: Vec::new(),
+        wal_mib: Vec::new(),
         catch_up: None,
     };
     let mut loaded = 0;
@@ -228,8 +231,18 @@ pub async fn run(cli: &Cli, label: &str, urls: (String, String)) -> anyhow::Resu
                 .await?;
             loaded = to;
         }
-        if let Db::Postgres(pool) = &posts_db {
-            sqlx::raw_sql("ANALYZE").execute(pool).await?;
+        // Let the load settle before measuring, as a database that grew
+        // over time would be: SQLite's log copied into the file, and
+        // PostgreSQL's tables vacuumed (visibility map, statistics).
+        match &posts_db {
+            Db::Sqlite(pool) => {
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_all(pool)
+                    .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
+            }
         }
         eprintln!(
             "{label}: {size} posts loaded in {:.1} s",
@@ -264,7 +277,13 @@ pub async fn run(cli: &Cli, label: &str, urls: (String, String)) -> anyhow::Resu
                 figures,
             });
         }
-        curves.rss_mib.push((size, posts.rss_mib()));
+        curves
+            .rss_mib
+            .push((size, posts.rss_mib(), posts.file_rss_mib()));
+        if let Some(path) = urls.1.strip_prefix("sqlite://") {
+            let wal = std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len());
+            curves.wal_mib.push((size, wal as f64 / (1024.0 * 1024.0)));
+        }
     }
 
     // A replica behind by EVENTS events: every loaded user renamed.
@@ -468,9 +487,20 @@ pub fn report(curves: &Curves, dir: &Path) -> anyhow::Result<()> {
     let rss: Vec<String> = curves
         .rss_mib
         .iter()
-        .map(|(s, m)| format!("{m:.1} MiB at {s}"))
+        .map(|(s, anon, file)| format!("{anon:.1} MiB at {s} (mapped file pages {file:.1} MiB)"))
         .collect();
-    println!("\n- posts-service RSS: {}", rss.join(", "));
+    println!(
+        "\n- posts-service resident memory of its own (RssAnon): {}",
+        rss.join(", ")
+    );
+    if !curves.wal_mib.is_empty() {
+        let wal: Vec<String> = curves
+            .wal_mib
+            .iter()
+            .map(|(s, m)| format!("{m:.1} MiB at {s}"))
+            .collect();
+        println!("- SQLite WAL after the workloads: {}", wal.join(", "));
+    }
     if let Some(rate) = curves.catch_up {
         println!("- a replica behind by events catches up at {rate:.0} events/s");
     }
@@ -491,13 +521,28 @@ pub fn report(curves: &Curves, dir: &Path) -> anyhow::Result<()> {
             })
             .collect()
     };
+    // Each workload's rate as a fraction of its rate at the smallest size:
+    // flat is 1, and the goal is to stay above 0.8.
+    let relative: Vec<chart::Series> = series(|f| f.per_second)
+        .into_iter()
+        .map(|mut s| {
+            let first = s.points.first().map_or(1.0, |p| p.1.max(1e-9));
+            for point in &mut s.points {
+                point.1 /= first;
+            }
+            s
+        })
+        .collect();
     std::fs::write(
         dir.join(format!("sizes-{slug}-rate.svg")),
         chart::line_chart(
-            &format!("{}: calls/s against the number of posts", curves.label),
+            &format!(
+                "{}: calls/s against the number of posts, relative to the smallest",
+                curves.label
+            ),
             &chart::XAxis::Log10,
-            "calls/s",
-            &series(|f| f.per_second),
+            "x calls/s at the smallest size",
+            &relative,
         ),
     )?;
     std::fs::write(
