@@ -173,6 +173,10 @@ impl Process {
             .env("DATA_DIR", dir.path())
             .env("INTERNAL_TOKEN", "internal")
             .env("RUST_LOG", "warn")
+            // The memory cases queue large conversions on purpose; on a
+            // machine busy with the rest of the suite, the call waiting
+            // behind them may take longer than the default 30 s.
+            .env("REQUEST_TIMEOUT_SECS", "120")
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("starting the auth-service binary");
