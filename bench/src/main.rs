@@ -536,22 +536,7 @@ async fn run_backend(
 
     // A user, a token, and 200 posts to read.
     let password = "benchmark password 1";
-    UserServiceClient::new(auth_channel.clone())
-        .create_user(CreateUserRequest {
-            username: "bench".into(),
-            email: "bench@example.com".into(),
-            password: password.into(),
-        })
-        .await?;
-    let token = AuthServiceClient::new(auth_channel.clone())
-        .login(LoginRequest {
-            username_or_email: "bench".into(),
-            password: password.into(),
-        })
-        .await?
-        .into_inner()
-        .access_token;
-    let bearer: Arc<Bearer> = Arc::new(format!("Bearer {token}").parse()?);
+    let bearer = bench_user(&auth_channel, password).await?;
     let mut ids = Vec::new();
     for i in 0..200 {
         let request = authorized(
@@ -954,6 +939,27 @@ async fn drop_postgres_databases(base: &str, names: &(String, String)) -> anyhow
         .await?;
     }
     Ok(())
+}
+
+/// Registers the user `bench` with `password` and logs them in: their
+/// bearer token.
+async fn bench_user(auth: &Channel, password: &str) -> anyhow::Result<Arc<Bearer>> {
+    UserServiceClient::new(auth.clone())
+        .create_user(CreateUserRequest {
+            username: "bench".into(),
+            email: "bench@example.com".into(),
+            password: password.into(),
+        })
+        .await?;
+    let token = AuthServiceClient::new(auth.clone())
+        .login(LoginRequest {
+            username_or_email: "bench".into(),
+            password: password.into(),
+        })
+        .await?
+        .into_inner()
+        .access_token;
+    Ok(Arc::new(format!("Bearer {token}").parse()?))
 }
 
 /// A `Health/Check` call on `channel`.

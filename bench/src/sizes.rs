@@ -12,14 +12,16 @@ use std::{
 
 use anyhow::Context;
 use proto::{
-    auth::{CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient},
+    auth::{LoginRequest, auth_service_client::AuthServiceClient},
     posts::{
         CreatePostRequest, GetPostRequest, ListPostsRequest, post_service_client::PostServiceClient,
     },
 };
 use tonic::Request;
 
-use crate::{Bearer, Cli, Figures, authorized, channel, chart, drive, free_addr, spawn_pinned};
+use crate::{
+    Bearer, Cli, Figures, authorized, bench_user, channel, chart, drive, free_addr, spawn_pinned,
+};
 
 /// Users loaded, of whom the first `AUTHORS` write the posts.
 const USERS: i64 = 100_000;
@@ -148,22 +150,7 @@ pub async fn run(cli: &Cli, label: &str, urls: (String, String)) -> anyhow::Resu
 
     // One user through the API: their password hash is every loaded
     // user's, and their token writes.
-    proto::auth::user_service_client::UserServiceClient::new(auth_channel.clone())
-        .create_user(CreateUserRequest {
-            username: "bench".into(),
-            email: "bench@example.com".into(),
-            password: PASSWORD.into(),
-        })
-        .await?;
-    let token = AuthServiceClient::new(auth_channel.clone())
-        .login(LoginRequest {
-            username_or_email: "bench".into(),
-            password: PASSWORD.into(),
-        })
-        .await?
-        .into_inner()
-        .access_token;
-    let bearer: Arc<Bearer> = Arc::new(format!("Bearer {token}").parse()?);
+    let bearer = bench_user(&auth_channel, PASSWORD).await?;
     // A first post makes the posts-service know the author.
     PostServiceClient::new(posts_channel.clone())
         .create_post(authorized(

@@ -208,17 +208,7 @@ impl Replica {
         };
         let deleted = self.store.apply_snapshot(&snapshot).await?;
         for change in &snapshot.changes {
-            match change {
-                ReplicaChange::SessionsRevoked {
-                    session_ids,
-                    expire_time,
-                    ..
-                } => self.revocations.revoke_sessions(session_ids, *expire_time),
-                ReplicaChange::UserDeleted { id, time } => {
-                    self.revocations.user_deleted(*id, *time + self.window)
-                }
-                ReplicaChange::Profile { .. } => {}
-            }
+            self.hold(change);
         }
         for id in &deleted {
             self.revocations.user_deleted(*id, now + self.window);
@@ -259,17 +249,7 @@ impl Replica {
         }
         let applied = self.store.apply_events(&changes).await?;
         for (_, change) in &changes {
-            match change {
-                ReplicaChange::SessionsRevoked {
-                    session_ids,
-                    expire_time,
-                    ..
-                } => self.revocations.revoke_sessions(session_ids, *expire_time),
-                ReplicaChange::UserDeleted { id, time } => {
-                    self.revocations.user_deleted(*id, *time + self.window)
-                }
-                ReplicaChange::Profile { .. } => {}
-            }
+            self.hold(change);
         }
         self.status.last_sequence.store(last, Ordering::Relaxed);
         if let Some(time) = last_time {
@@ -279,6 +259,21 @@ impl Replica {
         }
         tracing::debug!(last, events = changes.len(), applied, "user events");
         Ok(())
+    }
+
+    /// Puts what `change` refuses into the in-memory revocations.
+    fn hold(&self, change: &ReplicaChange) {
+        match change {
+            ReplicaChange::SessionsRevoked {
+                session_ids,
+                expire_time,
+                ..
+            } => self.revocations.revoke_sessions(session_ids, *expire_time),
+            ReplicaChange::UserDeleted { id, time } => {
+                self.revocations.user_deleted(*id, *time + self.window)
+            }
+            ReplicaChange::Profile { .. } => {}
+        }
     }
 
     fn change(&self, event: Event, time: Timestamp) -> ReplicaChange {
