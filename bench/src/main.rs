@@ -597,35 +597,12 @@ async fn run_backend(
         ));
     }
     if cli.wants(Workload::W2) {
-        let posts = posts_channel.clone();
-        let list = call(move |_| {
-            let mut client = PostServiceClient::new(posts.clone());
-            async move {
-                client
-                    .list_posts(ListPostsRequest {
-                        page_size: 10,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|_| ())
-            }
-        });
+        let list = list_first_page(&posts_channel);
         let runs = alternate(c, s, r, &[w0.clone(), list]).await;
         rows.extend(rows_against_w0("W2", &runs, &["W2 ListPosts (10)"]));
     }
     if cli.wants(Workload::W3) {
-        let (posts, bearer) = (posts_channel.clone(), bearer.clone());
-        let create = call(move |i| {
-            let mut client = PostServiceClient::new(posts.clone());
-            let request = authorized(
-                CreatePostRequest {
-                    title: format!("Bench {i}"),
-                    content: "Written under load.".into(),
-                },
-                &bearer,
-            );
-            async move { client.create_post(request).await.map(|_| ()) }
-        });
+        let create = create_post(&posts_channel, &bearer, "Bench");
         let runs = alternate(c, s, r, &[w0.clone(), create]).await;
         rows.extend(rows_against_w0("W3", &runs, &["W3 CreatePost"]));
     }
@@ -646,21 +623,7 @@ async fn run_backend(
             bail!("the website never answered");
         }
         let cookie = Arc::new(web_login(&client, &base, "bench", password).await?);
-        let list = {
-            let posts = posts_channel.clone();
-            call(move |_| {
-                let mut client = PostServiceClient::new(posts.clone());
-                async move {
-                    client
-                        .list_posts(ListPostsRequest {
-                            page_size: 10,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ())
-                }
-            })
-        };
+        let list = list_first_page(&posts_channel);
         let home = |logged_in: bool| {
             let (client, base, cookie) = (client.clone(), base.clone(), cookie.clone());
             call(move |_| {
@@ -960,6 +923,39 @@ async fn bench_user(auth: &Channel, password: &str) -> anyhow::Result<Arc<Bearer
         .into_inner()
         .access_token;
     Ok(Arc::new(format!("Bearer {token}").parse()?))
+}
+
+/// `CreatePost` with `bearer`; call `i` is titled "`prefix` `i`".
+fn create_post(posts: &Channel, bearer: &Arc<Bearer>, prefix: &'static str) -> Call {
+    let (posts, bearer) = (posts.clone(), bearer.clone());
+    call(move |i| {
+        let mut client = PostServiceClient::new(posts.clone());
+        let request = authorized(
+            CreatePostRequest {
+                title: format!("{prefix} {i}"),
+                content: "Written under load.".into(),
+            },
+            &bearer,
+        );
+        async move { client.create_post(request).await.map(|_| ()) }
+    })
+}
+
+/// `ListPosts`, the first page of ten, anonymously.
+fn list_first_page(posts: &Channel) -> Call {
+    let posts = posts.clone();
+    call(move |_| {
+        let mut client = PostServiceClient::new(posts.clone());
+        async move {
+            client
+                .list_posts(ListPostsRequest {
+                    page_size: 10,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+        }
+    })
 }
 
 /// A `Health/Check` call on `channel`.

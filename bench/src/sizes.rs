@@ -20,7 +20,8 @@ use proto::{
 use tonic::Request;
 
 use crate::{
-    Bearer, Cli, Figures, authorized, bench_user, channel, chart, drive, free_addr, spawn_pinned,
+    Bearer, Cli, Figures, authorized, bench_user, channel, chart, create_post, drive, free_addr,
+    spawn_pinned,
 };
 
 /// Users loaded, of whom the first `AUTHORS` write the posts.
@@ -386,22 +387,8 @@ async fn measure(
         drive(c, s, list(String::new(), Some(first_user))).await,
     ));
 
-    let (channel, bearer2) = (posts.clone(), bearer.clone());
-    out.push((
-        "CreatePost",
-        drive(c, s, move |i| {
-            let mut client = PostServiceClient::new(channel.clone());
-            let request = authorized(
-                CreatePostRequest {
-                    title: format!("Sized {i}"),
-                    content: "Written under load.".into(),
-                },
-                &bearer2,
-            );
-            async move { client.create_post(request).await.map(|_| ()) }
-        })
-        .await,
-    ));
+    let create = create_post(posts, bearer, "Sized");
+    out.push(("CreatePost", drive(c, s, move |i| create(i)).await));
 
     let channel = auth.clone();
     out.push((
