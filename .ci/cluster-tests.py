@@ -43,6 +43,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from blog.auth.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc  # noqa: E402
 from blog.posts.v1 import posts_pb2, posts_pb2_grpc  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from load import Load, free_port, psql  # noqa: E402
+
 BINARY = os.path.join(os.environ["CARGO_TARGET_DIR"], "release", "blog")
 PG = "postgres://postgres@127.0.0.1:5432"
 SUFFIX = secrets.token_hex(4)
@@ -57,12 +60,6 @@ WORK = f"/tmp/blog-cluster-{SUFFIX}"
 TOKEN_TTL, LEEWAY, JWKS_REFRESH = 20, 2, 2
 FREE_FAILURES = 5
 BULK_USERS = 40_000
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def address():
@@ -101,13 +98,6 @@ def fail(message):
             print(f"--- {name}", file=sys.stderr)
             print(open(path).read()[-3000:], file=sys.stderr)
     sys.exit(1)
-
-
-def psql(sql, db):
-    return subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
 
 
 def wait_for(what, condition, seconds=30):
@@ -280,48 +270,6 @@ class Traffic:
         self.thread.join(15)
 
 
-class Load:
-    """Creates posts through the balancer as fast as it can, remembering
-    which were acknowledged."""
-
-    def __init__(self, token):
-        self.token = token
-        self.acknowledged = []
-        self.codes = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        clients = Clients(BALANCER["posts"])
-        while not self.stop.is_set():
-            try:
-                post = clients.posts.CreatePost(
-                    posts_pb2.CreatePostRequest(title="load", content="x"), metadata=bearer(self.token), timeout=5)
-                self.acknowledged.append(post.id)
-                name = "OK"
-            except grpc.RpcError as error:
-                name = error.code().name
-                time.sleep(0.02)
-            self.codes[name] = self.codes.get(name, 0) + 1
-
-    def oks(self):
-        return self.codes.get("OK", 0)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_):
-        self.stop.set()
-        self.thread.join(10)
-
-
-def stored(ids):
-    if not ids:
-        return 0
-    return int(psql(f"SELECT count(*) FROM posts WHERE id IN ({','.join(map(str, ids))})", DBS["posts"]))
-
-
 def position(name):
     """The last event the posts replica `name` has seen."""
     url = f"http://{REPLICAS[name]['POSTS_HTTP_ADDR']}/readyz"
@@ -445,7 +393,7 @@ def main():
         # 5. kill -9 of one replica of each under load.
         carol, carol_password = register(balanced, "carol")
         carol_token = login(balanced, carol, carol_password).access_token
-        with Load(carol_token) as load:
+        with Load(BALANCER["posts"], carol_token) as load:
             wait_for("the load to run", lambda: load.oks() > 50)
             kill("posts1")
             kill("auth1")
@@ -457,7 +405,7 @@ def main():
         unexpected = set(load.codes) - {"OK", "UNAVAILABLE"}
         if unexpected:
             fail(f"unexpected answers while replicas died: {load.codes}")
-        if stored(load.acknowledged) != len(set(load.acknowledged)):
+        if not load.all_stored(DBS["posts"]):
             fail("an acknowledged create was lost")
         print(f"ok: kill -9 of auth1 and posts1 under load: {load.codes}, every acknowledged create stored")
         start_healthy("auth1", "posts1")
