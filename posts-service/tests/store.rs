@@ -57,6 +57,7 @@ conformance!(
     key_cache_round_trips,
     a_snapshot_brings_the_replica_to_its_state_once,
     counts_follow_every_write_and_deletion,
+    posts_written_together_are_each_answered_with_their_own,
 );
 
 fn title(s: &str) -> Title {
@@ -475,6 +476,65 @@ async fn counts_follow_every_write_and_deletion(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(page.total_size, 42);
+}
+
+/// Posts arriving at once are committed in groups; each caller still gets
+/// its own post, or its own refusal: a group holding an author the store
+/// has not seen yet, or one who has been deleted, costs no one else theirs.
+async fn posts_written_together_are_each_answered_with_their_own(store: Arc<dyn Store>) {
+    post_by(store.as_ref(), 3, "gone", "before").await;
+    store
+        .apply_event(
+            1,
+            &ReplicaChange::UserDeleted {
+                id: 3,
+                time: at(1_000),
+            },
+        )
+        .await
+        .unwrap();
+    // Authors 1 and 2 are known, 3 is deleted, 10.. are new.
+    post_by(store.as_ref(), 1, "alice", "first").await;
+    post_by(store.as_ref(), 2, "bob", "first").await;
+    let mut calls = tokio::task::JoinSet::new();
+    for round in 0..5 {
+        for i in 0..60_i64 {
+            let author = match i % 20 {
+                0 => 3,
+                7 => 10 + round,
+                n => 1 + n % 2,
+            };
+            let store = store.clone();
+            calls.spawn(async move {
+                let name = format!("user{author}");
+                let wanted = format!("{round}-{i}");
+                let written = store
+                    .create_post(&caller(author, &name), &title(&wanted), &content("body"))
+                    .await;
+                (author, wanted, written)
+            });
+        }
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut refused = 0;
+    while let Some(call) = calls.join_next().await {
+        let (author, wanted, written) = call.unwrap();
+        match written {
+            Ok(post) => {
+                assert_eq!((post.author_id, post.title.as_str()), (author, &*wanted));
+                assert_eq!(store.post(post.id).await.unwrap(), Some(post.clone()));
+                assert!(ids.insert(post.id), "post {} answered twice", post.id);
+            }
+            Err(Error::InvalidToken) if author == 3 => refused += 1,
+            Err(e) => panic!("author {author}, post {wanted}: {e:?}"),
+        }
+    }
+    assert_eq!((ids.len(), refused), (285, 15));
+    assert_eq!(store.count_posts(None).await.unwrap(), 287);
+    assert_eq!(store.count_posts(Some(3)).await.unwrap(), 0);
+    for round in 0..5 {
+        assert_eq!(store.count_posts(Some(10 + round)).await.unwrap(), 3);
+    }
 }
 
 /// The write-ahead log stays bounded however many posts are written while

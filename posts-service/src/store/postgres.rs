@@ -18,6 +18,6 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the posts database: {e}"))?;
-        Ok(Self::new(pool.clone(), pool))
+        Ok(Self::new(pool.clone(), pool, false))
     }
 }

@@ -13,6 +13,7 @@ use shared::{
     time::Timestamp,
 };
 use sqlx::{ColumnIndex, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ListedPost, Listing, Page, PostRecord, ReplicaChange, ReplicaSnapshot, RevocationSnapshot,
@@ -105,7 +106,32 @@ pub struct SqlStore<DB: Backend> {
     read: Pool<DB>,
     /// Connections for writes.
     write: Pool<DB>,
+    /// New posts, to the writer that commits them in groups (`None`: each
+    /// post is committed by its own statement).
+    queue: Option<mpsc::Sender<QueuedPost>>,
 }
+
+/// A post waiting for a writer, and who to tell once it has committed.
+struct QueuedPost {
+    author_id: i64,
+    title: Title,
+    content: Content,
+    done: oneshot::Sender<Result<Option<PostRecord>, sqlx::Error>>,
+}
+
+/// Why a group of new posts was not written together.
+enum GroupError {
+    /// A statement before the commit failed: nothing was written.
+    Statement,
+    /// The commit failed.
+    Commit(sqlx::Error),
+}
+
+/// The most new posts one transaction commits.
+const MAX_GROUP: usize = 64;
+
+/// New posts waiting for a writer before `create_post` waits to queue.
+const QUEUE_DEPTH: usize = 1024;
 
 impl<DB: Backend> SqlStore<DB>
 where
@@ -117,9 +143,95 @@ where
     PostRecord: for<'r> FromRow<'r, DB::Row>,
     (i64,): for<'r> FromRow<'r, DB::Row>,
 {
-    /// A store over these pools.
-    pub(super) fn new(read: Pool<DB>, write: Pool<DB>) -> Self {
-        Self { read, write }
+    /// A store over these pools. With `group_commit`, new posts go to one
+    /// writer task that commits them in groups (it stops when the store is
+    /// dropped). Only for a backend whose writes are serialised anyway: a
+    /// group adds to several authors' counter rows in one transaction, and
+    /// on a backend with row locks that order can deadlock against a
+    /// concurrent deletion taking the same rows the other way round.
+    pub(super) fn new(read: Pool<DB>, write: Pool<DB>, group_commit: bool) -> Self {
+        let queue = group_commit.then(|| {
+            let (queue, queued) = mpsc::channel(QUEUE_DEPTH);
+            tokio::spawn(Self::commit_in_groups(write.clone(), queued));
+            queue
+        });
+        Self { read, write, queue }
+    }
+
+    /// Group commit: takes every new post queued (up to [`MAX_GROUP`]) and
+    /// writes them in one transaction, so a burst of posts costs one commit
+    /// instead of one each. Each caller is answered after the commit that
+    /// holds its post. A post the group could not take (its author is not
+    /// known yet, or a statement failed) sends the group back to be written
+    /// one post at a time, so no caller gets another's error.
+    async fn commit_in_groups(write: Pool<DB>, mut queued: mpsc::Receiver<QueuedPost>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        loop {
+            if queued.recv_many(&mut group, MAX_GROUP).await == 0 {
+                return;
+            }
+            if group.len() == 1 {
+                Self::commit_alone(&write, group.pop().expect("one post"));
+                continue;
+            }
+            match Self::commit_group(&write, &group).await {
+                Ok(written) => {
+                    for (post, written) in group.drain(..).zip(written) {
+                        let _ = post.done.send(Ok(written));
+                    }
+                }
+                Err(GroupError::Commit(e)) => {
+                    // Whether it committed is not known (the connection may
+                    // have broken on the way back): written again, the posts
+                    // could be there twice. Each caller hears that the
+                    // database failed (UNAVAILABLE), as they would have alone.
+                    tracing::warn!(error = %e, posts = group.len(), "a group of new posts failed to commit");
+                    let message = format!("committing a group of new posts: {e}");
+                    for post in group.drain(..) {
+                        let failed = std::io::Error::other(message.clone());
+                        let _ = post.done.send(Err(sqlx::Error::Io(failed)));
+                    }
+                }
+                Err(GroupError::Statement) => {
+                    for post in group.drain(..) {
+                        Self::commit_alone(&write, post);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one new post in a statement of its own, answering when done.
+    fn commit_alone(write: &Pool<DB>, post: QueuedPost) {
+        let write = write.clone();
+        // Spawned so the writer can gather the next group meanwhile; the
+        // pool orders these with the groups.
+        tokio::spawn(async move {
+            let written =
+                Self::insert_post(&write, post.author_id, &post.title, &post.content).await;
+            let _ = post.done.send(written);
+        });
+    }
+
+    /// The posts of `group`, in one transaction; what each statement wrote
+    /// (`None`: its author has been deleted).
+    async fn commit_group(
+        write: &Pool<DB>,
+        group: &[QueuedPost],
+    ) -> Result<Vec<Option<PostRecord>>, GroupError> {
+        let mut tx = write
+            .begin_with(DB::BEGIN_WRITE)
+            .await
+            .map_err(|_| GroupError::Statement)?;
+        let mut written = Vec::with_capacity(group.len());
+        for post in group {
+            let post = Self::insert_post(&mut *tx, post.author_id, &post.title, &post.content)
+                .await
+                .map_err(|_| GroupError::Statement)?;
+            written.push(post);
+        }
+        tx.commit().await.map_err(GroupError::Commit)?;
+        Ok(written)
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, DB>> {
@@ -264,9 +376,24 @@ where
             e.as_database_error()
                 .is_some_and(|d| d.is_foreign_key_violation())
         };
-        // Nearly always the author is known: one statement, one round trip,
-        // committed on its own.
-        match Self::insert_post(&self.write, caller.id, title, content).await {
+        // Nearly always the author is known: one statement, committed on its
+        // own or with whatever other new posts are waiting.
+        let written = match &self.queue {
+            None => Self::insert_post(&self.write, caller.id, title, content).await,
+            Some(queue) => {
+                let (done, written) = oneshot::channel();
+                let queued = QueuedPost {
+                    author_id: caller.id,
+                    title: title.clone(),
+                    content: content.clone(),
+                    done,
+                };
+                let closed = || Error::Unavailable(sqlx::Error::PoolClosed);
+                queue.send(queued).await.map_err(|_| closed())?;
+                written.await.map_err(|_| closed())?
+            }
+        };
+        match written {
             Ok(Some(post)) => return Ok(post),
             Ok(None) => return Err(Error::InvalidToken),
             Err(e) if is_unknown_author(&e) => {}

@@ -19,6 +19,6 @@ impl SqliteStore {
             .run(&pools.write)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the posts database: {e}"))?;
-        Ok(Self::new(pools.read, pools.write))
+        Ok(Self::new(pools.read, pools.write, true))
     }
 }
