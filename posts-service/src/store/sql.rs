@@ -170,8 +170,10 @@ where
             if queued.recv_many(&mut group, MAX_GROUP).await == 0 {
                 return;
             }
+            // Awaited, not spawned: posts arriving while this commits
+            // make up the next group.
             if group.len() == 1 {
-                Self::commit_alone(&write, group.pop().expect("one post"));
+                Self::commit_alone(&write, group.pop().expect("one post")).await;
                 continue;
             }
             match Self::commit_group(&write, &group).await {
@@ -194,7 +196,7 @@ where
                 }
                 Err(GroupError::Statement) => {
                     for post in group.drain(..) {
-                        Self::commit_alone(&write, post);
+                        Self::commit_alone(&write, post).await;
                     }
                 }
             }
@@ -202,15 +204,9 @@ where
     }
 
     /// Writes one new post in a statement of its own, answering when done.
-    fn commit_alone(write: &Pool<DB>, post: QueuedPost) {
-        let write = write.clone();
-        // Spawned so the writer can gather the next group meanwhile; the
-        // pool orders these with the groups.
-        tokio::spawn(async move {
-            let written =
-                Self::insert_post(&write, post.author_id, &post.title, &post.content).await;
-            let _ = post.done.send(written);
-        });
+    async fn commit_alone(write: &Pool<DB>, post: QueuedPost) {
+        let written = Self::insert_post(write, post.author_id, &post.title, &post.content).await;
+        let _ = post.done.send(written);
     }
 
     /// The posts of `group`, in one transaction; what each statement wrote
