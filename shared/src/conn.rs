@@ -123,8 +123,13 @@ pub struct Slots {
 pub struct Guarded<IO> {
     /// The connection.
     io: IO,
-    /// When it will be closed unless the peer sends something.
+    /// A timer due no later than the end of the allowed silence. It is not
+    /// moved on every read (that would touch the timer wheel per read):
+    /// when it fires, it is moved to `last_read + idle` if the peer has
+    /// sent something since it was set.
     deadline: Pin<Box<Sleep>>,
+    /// When the peer last sent something.
+    last_read: Instant,
     /// How long silence is allowed.
     idle: Duration,
     /// Its place under the connection caps.
@@ -137,6 +142,7 @@ impl<IO> Guarded<IO> {
         Self {
             io,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            last_read: Instant::now(),
             idle,
             _slots: slots,
         }
@@ -150,18 +156,23 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                this.deadline.as_mut().reset(Instant::now() + this.idle);
-                Poll::Ready(result)
+        if let Poll::Ready(result) = Pin::new(&mut this.io).poll_read(cx, buf) {
+            this.last_read = Instant::now();
+            return Poll::Ready(result);
+        }
+        loop {
+            if this.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+            let due = this.last_read + this.idle;
+            if due <= Instant::now() {
+                return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "connection silent for too long",
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
+                )));
+            }
+            // The peer spoke since the timer was set: wait out the rest.
+            this.deadline.as_mut().reset(due);
         }
     }
 }
@@ -225,4 +236,45 @@ pub fn incoming(
             },
             Err(e) => Some(Err(e)),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::Guarded;
+
+    /// Reads through `guarded` until it fails; when it did (paused time).
+    async fn read_until_closed(
+        mut guarded: Guarded<tokio::io::DuplexStream>,
+    ) -> tokio::time::Instant {
+        let mut buf = [0u8; 16];
+        while guarded.read(&mut buf).await.is_ok() {}
+        tokio::time::Instant::now()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_keeps_talking_is_kept_and_closed_an_idle_period_after_it_stops() {
+        let idle = Duration::from_secs(10);
+        let (mut peer, ours) = tokio::io::duplex(64);
+        let start = tokio::time::Instant::now();
+        let reader = tokio::spawn(read_until_closed(Guarded::new(ours, idle, None)));
+        // Talking every 6 s, for 60 s: never 10 s of silence.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            peer.write_all(b"ping").await.unwrap();
+        }
+        let closed = reader.await.unwrap();
+        assert_eq!(closed - start, Duration::from_secs(70));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_closed_after_the_idle_period() {
+        let (_peer, ours) = tokio::io::duplex(64);
+        let start = tokio::time::Instant::now();
+        let closed = read_until_closed(Guarded::new(ours, Duration::from_secs(10), None)).await;
+        assert_eq!(closed - start, Duration::from_secs(10));
+    }
 }

@@ -18,6 +18,7 @@
 //! - [`db`]: opening databases, classifying their errors, stored times.
 //! - [`time`]: the one timestamp type, stored and sent.
 //! - [`trace`]: W3C trace context, to follow work across both services.
+//! - [`ids`]: ids for calls, traces and spans: unique, cheap, not secret.
 //! - [`jwk`]: Ed25519 public keys as JWKs, with RFC 7638 thumbprints.
 //! - [`secret`]: random tokens, hashing and constant-time comparison.
 
@@ -29,6 +30,7 @@ pub mod current_user;
 pub mod db;
 pub mod harness;
 pub mod http;
+pub mod ids;
 pub mod jwk;
 pub mod limits;
 pub mod methods;

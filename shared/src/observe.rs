@@ -257,20 +257,15 @@ where
             .cloned()
             .unwrap_or_else(new_request_id);
         request.headers_mut().insert(REQUEST_ID, request_id.clone());
-        // The caller's trace, or a new one; `user_id` is filled in by the
-        // interceptor once a token is verified.
-        let trace = request
-            .headers()
-            .get(crate::trace::TRACEPARENT)
-            .and_then(|value| value.to_str().ok())
-            .and_then(crate::trace::TraceContext::parse)
-            .unwrap_or_else(crate::trace::TraceContext::root);
+        // The caller's trace, or a new one, only read when the span is
+        // recorded (its fields are evaluated only then); `user_id` is filled
+        // in by the interceptor once a token is verified.
         let span = tracing::info_span!(
             "rpc",
             service = method.service,
             method = method.name,
             request_id = request_id.to_str().unwrap_or_default(),
-            trace_id = trace.trace_id(),
+            trace_id = trace_of(request.headers()).trace_id(),
             user_id = tracing::field::Empty,
         );
         let mut call = Call {
@@ -324,11 +319,17 @@ fn is_good_request_id(value: &HeaderValue) -> bool {
 }
 
 fn new_request_id() -> HeaderValue {
-    let id: String = crate::secret::random_bytes::<12>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    HeaderValue::from_str(&id).expect("hex is a valid header value")
+    let id = crate::ids::hex(&crate::ids::unique_bytes::<12>());
+    HeaderValue::try_from(id).expect("hex is a valid header value")
+}
+
+/// The trace a call belongs to: its `traceparent`'s, or a new one.
+fn trace_of(headers: &http::HeaderMap) -> crate::trace::TraceContext {
+    headers
+        .get(crate::trace::TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(crate::trace::TraceContext::parse)
+        .unwrap_or_else(crate::trace::TraceContext::root)
 }
 
 /// A call in flight, recorded once when its status is known, or as

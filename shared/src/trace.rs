@@ -25,8 +25,8 @@ impl TraceContext {
     /// A new trace.
     pub fn root() -> Self {
         Self {
-            trace_id: crate::secret::random_bytes(),
-            span_id: crate::secret::random_bytes(),
+            trace_id: crate::ids::unique_bytes(),
+            span_id: crate::ids::unique_bytes(),
             sampled: true,
         }
     }
@@ -34,7 +34,7 @@ impl TraceContext {
     /// A new span in the same trace.
     pub fn child(&self) -> Self {
         Self {
-            span_id: crate::secret::random_bytes(),
+            span_id: crate::ids::unique_bytes(),
             ..*self
         }
     }
@@ -63,15 +63,15 @@ impl TraceContext {
 
     /// The trace's id, as logged: 32 lowercase hex digits.
     pub fn trace_id(&self) -> String {
-        to_hex(&self.trace_id)
+        crate::ids::hex(&self.trace_id)
     }
 
     /// The `traceparent` value naming this span.
     pub fn header(&self) -> String {
         format!(
             "00-{}-{}-{:02x}",
-            to_hex(&self.trace_id),
-            to_hex(&self.span_id),
+            crate::ids::hex(&self.trace_id),
+            crate::ids::hex(&self.span_id),
             u8::from(self.sampled)
         )
     }
@@ -97,10 +97,6 @@ fn hex(digits: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).ok())
         .collect()
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
