@@ -783,13 +783,17 @@ async fn noop_server(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// W0': the same through the services' own server and its layers.
+/// W0': the same through the services' own server and its layers, with
+/// their logging set up as theirs is (the bench's `RUST_LOG` filters it):
+/// without a subscriber, `tracing` would hand every span to `log`, work a
+/// service never does.
 async fn layered_noop_server(addr: SocketAddr) -> anyhow::Result<()> {
     let config = shared::config::CommonConfig {
         max_concurrent_calls: 100_000,
         reflection: false,
         ..shared::config::CommonConfig::defaults()
     };
+    shared::config::init_tracing(config.log_format);
     let (_, health) = tonic_health::server::health_reporter();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     shared::server::builder(&config, Arc::new(shared::observe::Metrics::new()), None)?
