@@ -63,19 +63,32 @@ impl Mailer for FileMailer {
             shared::time::Timestamp::now().as_micros(),
             URL_SAFE_NO_PAD.encode(shared::secret::random_bytes::<6>())
         );
-        let path = self.dir.join(name);
+        let path = self.dir.join(&name);
+        // Written under a hidden name, then renamed: whoever watches the
+        // directory sees a message whole or not at all.
+        let partial = self.dir.join(format!(".{name}.part"));
         // A message holds a live reset link: only this user may read it.
         let mut options = tokio::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
         options.mode(0o600);
         let mut file = options
-            .open(&path)
+            .open(&partial)
             .await
-            .with_context(|| format!("creating {}", path.display()))?;
-        tokio::io::AsyncWriteExt::write_all(&mut file, &message.formatted())
-            .await
-            .with_context(|| format!("writing {}", path.display()))?;
+            .with_context(|| format!("creating {}", partial.display()))?;
+        let written = async {
+            tokio::io::AsyncWriteExt::write_all(&mut file, &message.formatted()).await?;
+            // A tokio file finishes its last write in the background unless
+            // flushed: the rename must come after it.
+            tokio::io::AsyncWriteExt::flush(&mut file).await?;
+            drop(file);
+            tokio::fs::rename(&partial, &path).await
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e).with_context(|| format!("writing {}", path.display()));
+        }
         tracing::info!(path = %path.display(), "mail written to a file (SMTP_URL is not set)");
         Ok(())
     }

@@ -873,11 +873,13 @@ async fn local_files_are_private_and_odd_avatar_paths_are_plain_404s() {
     let mail_dir = app.data_dir.join("mail");
     let mut mail = None;
     for _ in 0..100 {
-        if let Some(entry) = std::fs::read_dir(&mail_dir)
-            .ok()
-            .and_then(|mut entries| entries.next())
-        {
-            mail = Some(entry.unwrap().path());
+        // Only whole messages carry the .eml name.
+        if let Some(path) = std::fs::read_dir(&mail_dir).ok().and_then(|entries| {
+            entries
+                .map(|entry| entry.unwrap().path())
+                .find(|path| path.extension().is_some_and(|e| e == "eml"))
+        }) {
+            mail = Some(path);
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -217,10 +217,13 @@ async fn without_smtp_the_mail_is_written_as_an_eml_file() {
     let dir = app.data_dir.join("mail");
     let mut found = None;
     for _ in 0..100 {
-        if let Ok(mut entries) = std::fs::read_dir(&dir)
-            && let Some(entry) = entries.next()
-        {
-            found = Some(entry.unwrap().path());
+        // Only whole messages carry the .eml name.
+        if let Some(path) = std::fs::read_dir(&dir).ok().and_then(|entries| {
+            entries
+                .map(|entry| entry.unwrap().path())
+                .find(|path| path.extension().is_some_and(|e| e == "eml"))
+        }) {
+            found = Some(path);
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
