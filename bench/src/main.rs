@@ -72,6 +72,11 @@ struct Cli {
     /// The core the servers are pinned to.
     #[arg(long, default_value = "0")]
     server_core: String,
+    /// The core a local PostgreSQL's processes are pinned to while the
+    /// bench runs against it: off the servers' core (with two cores, it
+    /// shares the load generator's).
+    #[arg(long, default_value = "1")]
+    postgres_core: String,
     /// Measure cost against data size instead (`sizes.rs`): 10^3 to
     /// 10^6 posts, bulk-loaded; SVG curves are written to `--plots`.
     #[arg(long)]
@@ -894,6 +899,74 @@ async fn with_postgres_databases(base: &str, what: &str) -> anyhow::Result<(Stri
     Ok(names)
 }
 
+/// A local PostgreSQL's processes pinned to one core (and so the backends
+/// its server forks meanwhile), so that the servers' core is theirs alone;
+/// given back every core when dropped.
+struct PinnedPostgres {
+    /// The processes pinned.
+    pids: Vec<String>,
+    /// Their affinity before, as a `taskset` mask.
+    before: Option<String>,
+}
+
+impl PinnedPostgres {
+    /// Pins every `postgres` process of this machine to `core`. A server
+    /// elsewhere, or one this user may not pin, is left as it is (said on
+    /// stderr): the figures are then shared with whatever runs there.
+    fn to(core: &str) -> Self {
+        let pids: Vec<String> = Command::new("pgrep")
+            .args(["-x", "postgres"])
+            .output()
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        // "pid 42's current affinity mask: 3"
+        let before = pids.first().and_then(|pid| {
+            let out = Command::new("taskset").args(["-p", pid]).output().ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.split_whitespace().last().map(str::to_owned)
+        });
+        let pinned = Self { pids, before };
+        let all = pinned.set(&["-c", core]);
+        eprintln!(
+            "PostgreSQL: {} of {} local processes pinned to core {core}",
+            all,
+            pinned.pids.len()
+        );
+        pinned
+    }
+
+    /// Sets the pinned processes' cores (`taskset` arguments: `-c` and a
+    /// list, or a mask); how many took it.
+    fn set(&self, cores: &[&str]) -> usize {
+        self.pids
+            .iter()
+            .filter(|pid| {
+                Command::new("taskset")
+                    .args(["-a", "-p"])
+                    .args(cores)
+                    .arg(pid.as_str())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|status| status.success())
+            })
+            .count()
+    }
+}
+
+impl Drop for PinnedPostgres {
+    fn drop(&mut self) {
+        if let Some(mask) = &self.before {
+            self.set(&[mask]);
+        }
+    }
+}
+
 /// Drops what [`with_postgres_databases`] made.
 async fn drop_postgres_databases(base: &str, names: &(String, String)) -> anyhow::Result<()> {
     use sqlx::Connection;
@@ -1073,6 +1146,7 @@ async fn main() -> anyhow::Result<()> {
 
     if let Some(base) = &cli.postgres {
         let names = with_postgres_databases(base, "w").await?;
+        let _pinned = PinnedPostgres::to(&cli.postgres_core);
         let result = run_backend(
             &cli,
             "PostgreSQL",
