@@ -537,6 +537,52 @@ async fn posts_written_together_are_each_answered_with_their_own(store: Arc<dyn 
     }
 }
 
+/// A caller that stops waiting while its post is queued behind a busy
+/// writer (its deadline passed, its client went away) does not have the post
+/// written later: its call has already failed, and a retry would make it
+/// twice. The others queued with it are written.
+#[tokio::test]
+async fn a_post_whose_caller_stopped_waiting_in_the_queue_is_not_written() {
+    use sqlx::Connection;
+    let db = TestDatabase::sqlite("posts");
+    let store = open(&db).await;
+    post_by(store.as_ref(), 1, "alice", "before").await;
+    let create = |wanted: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .create_post(&caller(1, "alice"), &title(wanted), &content("x"))
+                .await
+        })
+    };
+    // Another connection holds SQLite's write lock: the writer waits for it
+    // (up to its busy timeout) with the first post, and the next two queue.
+    let mut other = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let first = create("first");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (kept, gone) = (create("kept"), create("gone"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    first.await.unwrap().unwrap();
+    kept.await.unwrap().unwrap();
+    let page = store
+        .list_posts(Listing {
+            author: None,
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let titles: Vec<&str> = page.posts.iter().map(|p| p.title.as_str()).collect();
+    assert_eq!(titles, ["kept", "first", "before"]);
+}
+
 /// The write-ahead log stays bounded however many posts are written while
 /// readers keep reading: the automatic checkpoint runs after every write
 /// (each write statement runs to its end), and the WAL is emptied whenever

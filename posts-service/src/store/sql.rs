@@ -121,10 +121,14 @@ struct QueuedPost {
 
 /// Why a group of new posts was not written together.
 enum GroupError {
-    /// A statement before the commit failed: nothing was written.
+    /// One post's statement failed: nothing was written, and the others
+    /// may well succeed alone.
     Statement,
-    /// The commit failed.
-    Commit(sqlx::Error),
+    /// The transaction could not begin or commit: no post of the group can
+    /// be written now. After a failed commit it is not known whether the
+    /// posts were written (the connection may have broken on the way back),
+    /// so they are not written again.
+    Transaction(sqlx::Error),
 }
 
 /// The most new posts one transaction commits.
@@ -132,6 +136,19 @@ const MAX_GROUP: usize = 64;
 
 /// New posts waiting for a writer before `create_post` waits to queue.
 const QUEUE_DEPTH: usize = 1024;
+
+/// `e` again, for one more caller of a group it failed (a database error
+/// cannot be cloned): the same kind, so each caller gets the status it
+/// would have got alone (`UNAVAILABLE` for a lost or busy database,
+/// `INTERNAL` otherwise), with the cause kept for the log.
+fn same_kind(e: &sqlx::Error) -> sqlx::Error {
+    let cause = format!("writing a group of new posts: {e}");
+    if shared::db::is_unavailable(e) {
+        sqlx::Error::Io(std::io::Error::other(cause))
+    } else {
+        sqlx::Error::Protocol(cause)
+    }
+}
 
 impl<DB: Backend> SqlStore<DB>
 where
@@ -162,18 +179,25 @@ where
     /// writes them in one transaction, so a burst of posts costs one commit
     /// instead of one each. Each caller is answered after the commit that
     /// holds its post. A post the group could not take (its author is not
-    /// known yet, or a statement failed) sends the group back to be written
-    /// one post at a time, so no caller gets another's error.
+    /// known yet, or its statement failed) sends the group back to be
+    /// written one post at a time, so no caller gets another's error; a
+    /// transaction that cannot begin or commit fails the whole group.
     async fn commit_in_groups(write: Pool<DB>, mut queued: mpsc::Receiver<QueuedPost>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
         loop {
             if queued.recv_many(&mut group, MAX_GROUP).await == 0 {
                 return;
             }
+            // A caller that stopped waiting (its deadline passed, its client
+            // went away) has had its call fail: writing its post now would
+            // only invite a duplicate when the client tries again.
+            group.retain(|post| !post.done.is_closed());
             // Awaited, not spawned: posts arriving while this commits
             // make up the next group.
-            if group.len() == 1 {
-                Self::commit_alone(&write, group.pop().expect("one post")).await;
+            if group.len() <= 1 {
+                if let Some(post) = group.pop() {
+                    Self::commit_alone(&write, post).await;
+                }
                 continue;
             }
             match Self::commit_group(&write, &group).await {
@@ -182,16 +206,10 @@ where
                         let _ = post.done.send(Ok(written));
                     }
                 }
-                Err(GroupError::Commit(e)) => {
-                    // Whether it committed is not known (the connection may
-                    // have broken on the way back): written again, the posts
-                    // could be there twice. Each caller hears that the
-                    // database failed (UNAVAILABLE), as they would have alone.
-                    tracing::warn!(error = %e, posts = group.len(), "a group of new posts failed to commit");
-                    let message = format!("committing a group of new posts: {e}");
+                Err(GroupError::Transaction(e)) => {
+                    tracing::warn!(error = %e, posts = group.len(), "a group of new posts failed");
                     for post in group.drain(..) {
-                        let failed = std::io::Error::other(message.clone());
-                        let _ = post.done.send(Err(sqlx::Error::Io(failed)));
+                        let _ = post.done.send(Err(same_kind(&e)));
                     }
                 }
                 Err(GroupError::Statement) => {
@@ -218,7 +236,7 @@ where
         let mut tx = write
             .begin_with(DB::BEGIN_WRITE)
             .await
-            .map_err(|_| GroupError::Statement)?;
+            .map_err(GroupError::Transaction)?;
         let mut written = Vec::with_capacity(group.len());
         for post in group {
             let post = Self::insert_post(&mut *tx, post.author_id, &post.title, &post.content)
@@ -226,7 +244,7 @@ where
                 .map_err(|_| GroupError::Statement)?;
             written.push(post);
         }
-        tx.commit().await.map_err(GroupError::Commit)?;
+        tx.commit().await.map_err(GroupError::Transaction)?;
         Ok(written)
     }
 
@@ -633,5 +651,25 @@ where
         .execute(&self.write)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_kind;
+
+    #[test]
+    fn each_caller_of_a_failed_group_gets_the_status_it_would_have_got_alone() {
+        let lost = sqlx::Error::Io(std::io::Error::other("connection reset"));
+        let broken = sqlx::Error::ColumnNotFound("id".into());
+        for (e, unavailable) in [
+            (lost, true),
+            (sqlx::Error::PoolTimedOut, true),
+            (broken, false),
+        ] {
+            let copy = same_kind(&e);
+            assert_eq!(shared::db::is_unavailable(&copy), unavailable, "{e}");
+            assert!(copy.to_string().contains(&e.to_string()), "{copy}");
+        }
     }
 }
