@@ -871,22 +871,9 @@ async fn local_files_are_private_and_odd_avatar_paths_are_plain_404s() {
         .await
         .unwrap();
     let mail_dir = app.data_dir.join("mail");
-    let mut mail = None;
-    for _ in 0..100 {
-        // Only whole messages carry the .eml name.
-        if let Some(path) = std::fs::read_dir(&mail_dir).ok().and_then(|entries| {
-            entries
-                .map(|entry| entry.unwrap().path())
-                .find(|path| path.extension().is_some_and(|e| e == "eml"))
-        }) {
-            mail = Some(path);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let mode =
         |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&mail.expect("a mail file")), 0o600);
+    assert_eq!(mode(&app.mail_file().await.expect("a mail file")), 0o600);
     assert_eq!(mode(&mail_dir), 0o700);
     if !app.db.is_postgres() {
         let path = app.db.url.trim_start_matches("sqlite://");

@@ -200,6 +200,24 @@ impl TestApp {
     pub async fn count_users(&self) -> i64 {
         self.db.count("SELECT COUNT(*) FROM users").await
     }
+
+    /// The first message the file mailer has written (waiting up to 5 s for
+    /// it), or `None`. Only whole messages carry the `.eml` name.
+    pub async fn mail_file(&self) -> Option<std::path::PathBuf> {
+        let dir = self.data_dir.join("mail");
+        for _ in 0..100 {
+            let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
+                entries
+                    .map(|entry| entry.unwrap().path())
+                    .find(|path| path.extension().is_some_and(|e| e == "eml"))
+            });
+            if found.is_some() {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
 }
 
 impl Drop for TestApp {

@@ -214,22 +214,14 @@ async fn without_smtp_the_mail_is_written_as_an_eml_file() {
     let app = spawn_app().await;
     let (user, _, _) = app.signed_up().await;
     request(&app, &user.email).await.unwrap();
-    let dir = app.data_dir.join("mail");
-    let mut found = None;
-    for _ in 0..100 {
-        // Only whole messages carry the .eml name.
-        if let Some(path) = std::fs::read_dir(&dir).ok().and_then(|entries| {
-            entries
-                .map(|entry| entry.unwrap().path())
-                .find(|path| path.extension().is_some_and(|e| e == "eml"))
-        }) {
-            found = Some(path);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let path = found.expect("an .eml file");
+    let path = app.mail_file().await.expect("an .eml file");
     assert_eq!(path.extension().unwrap(), "eml");
+    // Written under another name and renamed: nothing else is left behind.
+    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![path.file_name().unwrap().to_owned()]);
     let mail = std::fs::read_to_string(path).unwrap();
     let token = reset_token(&mail).expect("a reset link");
     reset(&app, &token, "a fresh new password").await.unwrap();
