@@ -109,10 +109,7 @@ pub fn skipped(var: &str, case: &str) {
 
 /// 16 random hex digits.
 pub fn unique_id() -> String {
-    shared::secret::random_bytes::<8>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    shared::ids::hex(&shared::ids::unique_bytes::<8>())
 }
 
 /// Starts logging once per test binary, only when `TEST_LOG` is set.

@@ -501,10 +501,7 @@ mod tests {
         conformance(|clock| {
             let prefix = format!(
                 "blog-test:{}:",
-                crate::secret::random_bytes::<8>()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
+                crate::ids::hex(&crate::ids::unique_bytes::<8>())
             );
             Box::new(RedisLimiter::new(&url, &prefix, clock).unwrap())
         })

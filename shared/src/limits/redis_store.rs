@@ -156,12 +156,7 @@ impl RedisLimiter {
     }
 
     fn key(&self, key: &Key) -> String {
-        let mut name = String::with_capacity(self.prefix.len() + 64);
-        name.push_str(&self.prefix);
-        for byte in key.as_bytes() {
-            name.push_str(&format!("{byte:02x}"));
-        }
-        name
+        format!("{}{}", self.prefix, crate::ids::hex(key.as_bytes()))
     }
 
     fn guess_keys(&self, guess: &Guess) -> Vec<String> {
