@@ -869,34 +869,70 @@ async fn run_sizes(cli: &Cli) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     sizes::report(&curves?, &cli.plots)?;
     if let Some(base) = &cli.postgres {
-        let names = with_postgres_databases(base, "sizes").await?;
-        let result = sizes::run(
-            cli,
-            "PostgreSQL",
-            (format!("{base}/{}", names.0), format!("{base}/{}", names.1)),
-        )
-        .await;
-        drop_postgres_databases(base, &names).await?;
+        let run = PostgresRun::start(base, "sizes", &cli.postgres_core).await?;
+        let result = sizes::run(cli, "PostgreSQL", run.urls()).await;
+        run.finish().await?;
         sizes::report(&result?, &cli.plots)?;
     }
     Ok(())
 }
 
-/// Creates an auth and a posts database on the server at `base`.
-async fn with_postgres_databases(base: &str, what: &str) -> anyhow::Result<(String, String)> {
-    use sqlx::Connection;
-    let suffix = std::process::id();
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
-    let names = (
-        format!("bench_{what}_auth_{suffix}"),
-        format!("bench_{what}_posts_{suffix}"),
-    );
-    for name in [&names.0, &names.1] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+/// An auth and a posts database made on a PostgreSQL server for one run,
+/// with a local server's processes pinned off the servers' core meanwhile.
+struct PostgresRun {
+    /// The server's URL, without a database.
+    base: String,
+    /// The auth and posts databases.
+    names: (String, String),
+    /// The pinning, undone when the run is over.
+    _pinned: PinnedPostgres,
+}
+
+impl PostgresRun {
+    /// Creates the databases (named after `what` and this process) and
+    /// pins a local server to `core`.
+    async fn start(base: &str, what: &str, core: &str) -> anyhow::Result<Self> {
+        use sqlx::Connection;
+        let suffix = std::process::id();
+        let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
+        let names = (
+            format!("bench_{what}_auth_{suffix}"),
+            format!("bench_{what}_posts_{suffix}"),
+        );
+        for name in [&names.0, &names.1] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await?;
+        }
+        Ok(Self {
+            base: base.to_owned(),
+            names,
+            _pinned: PinnedPostgres::to(core),
+        })
+    }
+
+    /// The auth and posts databases' URLs.
+    fn urls(&self) -> (String, String) {
+        let base = &self.base;
+        (
+            format!("{base}/{}", self.names.0),
+            format!("{base}/{}", self.names.1),
+        )
+    }
+
+    /// Drops the databases; the pinning is undone after.
+    async fn finish(self) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", self.base)).await?;
+        for name in [&self.names.0, &self.names.1] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
             .execute(&mut admin)
             .await?;
+        }
+        Ok(())
     }
-    Ok(names)
 }
 
 /// A local PostgreSQL's processes pinned to one core (and so the backends
@@ -965,20 +1001,6 @@ impl Drop for PinnedPostgres {
             self.set(&[mask]);
         }
     }
-}
-
-/// Drops what [`with_postgres_databases`] made.
-async fn drop_postgres_databases(base: &str, names: &(String, String)) -> anyhow::Result<()> {
-    use sqlx::Connection;
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
-    for name in [&names.0, &names.1] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await?;
-    }
-    Ok(())
 }
 
 /// Registers the user `bench` with `password` and logs them in: their
@@ -1145,16 +1167,9 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&sqlite_dir);
 
     if let Some(base) = &cli.postgres {
-        let names = with_postgres_databases(base, "w").await?;
-        let _pinned = PinnedPostgres::to(&cli.postgres_core);
-        let result = run_backend(
-            &cli,
-            "PostgreSQL",
-            (format!("{base}/{}", names.0), format!("{base}/{}", names.1)),
-            &w0_channel,
-        )
-        .await;
-        drop_postgres_databases(base, &names).await?;
+        let run = PostgresRun::start(base, "w", &cli.postgres_core).await?;
+        let result = run_backend(&cli, "PostgreSQL", run.urls(), &w0_channel).await;
+        run.finish().await?;
         result?;
     }
     drop(w0_server);
