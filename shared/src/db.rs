@@ -15,6 +15,10 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+mod connections;
+
+pub use connections::{Connections, Lent};
+
 /// What differs between the two databases, for SQL written once over both.
 /// Everything else (`$n` parameters, `RETURNING`, `ON CONFLICT`, row-value
 /// comparison) the two agree on.
@@ -32,13 +36,29 @@ pub trait Backend: sqlx::Database {
     /// runs one writer at a time anyway.
     const LOCK_LOG: Option<&'static str>;
 
+    /// How long a connection may sit idle before it is tested, as the
+    /// server may have dropped it unseen (`None`: never).
+    const TEST_AFTER_IDLE: Option<Duration>;
+
     /// How many rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;
 
-    /// The size of the write-ahead log of `pool`'s database, where the
-    /// service keeps it in a file of its own (SQLite).
-    fn log_bytes(_pool: &sqlx::Pool<Self>) -> Option<u64> {
+    /// The size of the write-ahead log of the database that connections
+    /// opened with `options` use, where it is a file of its own (SQLite).
+    fn log_bytes_of(_options: &<Self::Connection as sqlx::Connection>::Options) -> Option<u64> {
         None
+    }
+
+    /// The size of the write-ahead log of `pool`'s database.
+    fn log_bytes(pool: &sqlx::Pool<Self>) -> Option<u64> {
+        Self::log_bytes_of(&pool.connect_options())
+    }
+
+    /// Sets up a new connection before its first use.
+    fn prepare(
+        _conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
+        async { Ok(()) }
     }
 }
 
@@ -47,6 +67,7 @@ impl Backend for sqlx::Postgres {
     const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
     // The key spells "blog" and 1.
     const LOCK_LOG: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(108217865011201)");
+    const TEST_AFTER_IDLE: Option<Duration> = Some(PING_AFTER_IDLE);
 
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
         result.rows_affected()
@@ -58,13 +79,22 @@ impl Backend for sqlx::Sqlite {
     // A read transaction sees one snapshot from its first read on.
     const BEGIN_SNAPSHOT: &'static str = "BEGIN";
     const LOCK_LOG: Option<&'static str> = None;
+    // The connection is a thread in this process: it cannot be dropped
+    // unseen.
+    const TEST_AFTER_IDLE: Option<Duration> = None;
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         result.rows_affected()
     }
 
-    fn log_bytes(pool: &SqlitePool) -> Option<u64> {
-        Some(file_size(&wal_path(pool.connect_options().get_filename())))
+    fn log_bytes_of(options: &SqliteConnectOptions) -> Option<u64> {
+        Some(file_size(&wal_path(options.get_filename())))
+    }
+
+    fn prepare(
+        conn: &mut sqlx::SqliteConnection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_ {
+        stable_query_plans(conn)
     }
 }
 

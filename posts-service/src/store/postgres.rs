@@ -18,6 +18,10 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the posts database: {e}"))?;
-        Ok(Self::new(pool.clone(), pool, false))
+        // The pool served the migrations; the store uses connections of its
+        // own, given back without sqlx's round trip per use.
+        let connections = shared::db::Connections::like(&pool);
+        pool.close().await;
+        Ok(Self::new(connections.clone(), connections, false))
     }
 }

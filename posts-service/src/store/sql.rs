@@ -9,10 +9,11 @@ use std::{sync::LazyLock, time::Duration};
 use async_trait::async_trait;
 use shared::{
     CurrentUser,
-    db::{Backend, retry_read},
+    db::{Backend, Connections, retry_read},
+    lend,
     time::Timestamp,
 };
-use sqlx::{ColumnIndex, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
+use sqlx::{ColumnIndex, Connection, Encode, Executor, FromRow, IntoArguments, Type};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -100,12 +101,13 @@ static UPDATE_POST: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// The posts-service's data in a database: `read` for reads, `write` for
-/// writes (on SQLite one dedicated connection, on PostgreSQL the same pool).
+/// writes (on SQLite one dedicated connection, on PostgreSQL the same
+/// connections).
 pub struct SqlStore<DB: Backend> {
     /// Connections for reads.
-    read: Pool<DB>,
+    read: Connections<DB>,
     /// Connections for writes.
-    write: Pool<DB>,
+    write: Connections<DB>,
     /// New posts, to the writer that commits them in groups (`None`: each
     /// post is committed by its own statement).
     queue: Option<mpsc::Sender<QueuedPost>>,
@@ -166,7 +168,7 @@ where
     /// group adds to several authors' counter rows in one transaction, and
     /// on a backend with row locks that order can deadlock against a
     /// concurrent deletion taking the same rows the other way round.
-    pub(super) fn new(read: Pool<DB>, write: Pool<DB>, group_commit: bool) -> Self {
+    pub(super) fn new(read: Connections<DB>, write: Connections<DB>, group_commit: bool) -> Self {
         let queue = group_commit.then(|| {
             let (queue, queued) = mpsc::channel(QUEUE_DEPTH);
             tokio::spawn(Self::commit_in_groups(write.clone(), queued));
@@ -182,7 +184,7 @@ where
     /// known yet, or its statement failed) sends the group back to be
     /// written one post at a time, so no caller gets another's error; a
     /// transaction that cannot begin or commit fails the whole group.
-    async fn commit_in_groups(write: Pool<DB>, mut queued: mpsc::Receiver<QueuedPost>) {
+    async fn commit_in_groups(write: Connections<DB>, mut queued: mpsc::Receiver<QueuedPost>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
         loop {
             if queued.recv_many(&mut group, MAX_GROUP).await == 0 {
@@ -222,45 +224,55 @@ where
     }
 
     /// Writes one new post in a statement of its own, answering when done.
-    async fn commit_alone(write: &Pool<DB>, post: QueuedPost) {
-        let written = Self::insert_post(write, post.author_id, &post.title, &post.content).await;
+    async fn commit_alone(write: &Connections<DB>, post: QueuedPost) {
+        let written = lend!(write, |conn| Self::insert_post(
+            conn,
+            post.author_id,
+            &post.title,
+            &post.content
+        ));
         let _ = post.done.send(written);
     }
 
     /// The posts of `group`, in one transaction; what each statement wrote
     /// (`None`: its author has been deleted).
     async fn commit_group(
-        write: &Pool<DB>,
+        write: &Connections<DB>,
         group: &[QueuedPost],
     ) -> Result<Vec<Option<PostRecord>>, GroupError> {
-        let mut tx = write
-            .begin_with(DB::BEGIN_WRITE)
-            .await
-            .map_err(GroupError::Transaction)?;
-        let mut written = Vec::with_capacity(group.len());
-        for post in group {
-            let post = Self::insert_post(&mut *tx, post.author_id, &post.title, &post.content)
-                .await
-                .map_err(|_| GroupError::Statement)?;
-            written.push(post);
-        }
-        tx.commit().await.map_err(GroupError::Transaction)?;
-        Ok(written)
-    }
-
-    async fn begin_write(&self) -> Result<Transaction<'static, DB>> {
-        Ok(self.write.begin_with(DB::BEGIN_WRITE).await?)
+        let mut failed_statement = false;
+        let written = lend!(write, |conn| async {
+            let mut tx = conn.begin_with(DB::BEGIN_WRITE).await?;
+            let mut written = Vec::with_capacity(group.len());
+            for post in group {
+                let inserted =
+                    Self::insert_post(&mut *tx, post.author_id, &post.title, &post.content).await;
+                match inserted {
+                    Ok(post) => written.push(post),
+                    Err(e) => {
+                        failed_statement = true;
+                        return Err(e);
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(written)
+        });
+        written.map_err(|e| match failed_statement {
+            true => GroupError::Statement,
+            false => GroupError::Transaction(e),
+        })
     }
 
     /// After a guarded write touched nothing: why not? (Asked after the
     /// write: if the post changes hands or goes in between, the answer is
     /// still one some order of the two calls gives.)
     async fn refusal(&self, id: i64, action: &'static str) -> Error {
-        let owner: Result<Option<i64>, sqlx::Error> =
+        let owner: Result<Option<i64>, sqlx::Error> = lend!(self.read, |conn| {
             sqlx::query_scalar("SELECT author_id FROM posts WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.read)
-                .await;
+                .fetch_optional(conn)
+        });
         match owner {
             Ok(None) => Error::PostNotFound,
             Ok(Some(_)) => Error::NotAuthor(action),
@@ -290,7 +302,7 @@ where
 
     /// The effect of one change, inside `tx`.
     async fn apply_change(
-        tx: &mut Transaction<'static, DB>,
+        tx: &mut DB::Connection,
         change: &ReplicaChange,
     ) -> Result<(), sqlx::Error> {
         match change {
@@ -307,7 +319,7 @@ where
                 .bind(*id)
                 .bind(username.as_str())
                 .bind(avatar_url.as_str())
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             }
             ReplicaChange::UserDeleted { id, time } => {
@@ -321,15 +333,15 @@ where
                 )
                 .bind(*id)
                 .bind(*time)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
                 sqlx::query("DELETE FROM authors WHERE id = $1")
                     .bind(*id)
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
                 sqlx::query("DELETE FROM posts WHERE author_id = $1")
                     .bind(*id)
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
             }
             ReplicaChange::SessionsRevoked {
@@ -345,7 +357,7 @@ where
                     .bind(session_id.as_str())
                     .bind(*user_id)
                     .bind(*expire_time)
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
                 }
             }
@@ -372,12 +384,12 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.read).await?;
+        lend!(self.read, |conn| sqlx::query("SELECT 1").execute(conn))?;
         Ok(())
     }
 
     fn pool_status(&self) -> shared::db::PoolStatus {
-        shared::db::PoolStatus::of(&self.read)
+        self.read.status()
     }
 
     async fn create_post(
@@ -393,7 +405,9 @@ where
         // Nearly always the author is known: one statement, committed on its
         // own or with whatever other new posts are waiting.
         let written = match &self.queue {
-            None => Self::insert_post(&self.write, caller.id, title, content).await,
+            None => lend!(self.write, |conn| Self::insert_post(
+                conn, caller.id, title, content
+            )),
             Some(queue) => {
                 let (done, written) = oneshot::channel();
                 let queued = QueuedPost {
@@ -415,31 +429,36 @@ where
         }
         // The profile event has not arrived yet: the token's name stands in
         // until it does. A deleted user is never recreated.
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO authors (id, username, avatar_url) \
-             SELECT $1, $2, '' WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE user_id = $1) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(caller.id)
-        .bind(caller.username.as_str())
-        .execute(&mut *tx)
-        .await?;
-        let post = match Self::insert_post(&mut *tx, caller.id, title, content).await {
-            Ok(Some(post)) => post,
-            Ok(None) => return Err(Error::InvalidToken),
-            Err(e) if is_unknown_author(&e) => return Err(Error::InvalidToken),
-            Err(e) => return Err(e.into()),
-        };
-        tx.commit().await?;
-        Ok(post)
+        let written = lend!(self.write, |conn| async {
+            let mut tx = conn.begin_with(DB::BEGIN_WRITE).await?;
+            sqlx::query(
+                "INSERT INTO authors (id, username, avatar_url) \
+                 SELECT $1, $2, '' WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE user_id = $1) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(caller.id)
+            .bind(caller.username.as_str())
+            .execute(&mut *tx)
+            .await?;
+            let post = Self::insert_post(&mut *tx, caller.id, title, content).await?;
+            // Nothing was written if the author has been deleted: the
+            // commit ends the transaction either way.
+            tx.commit().await?;
+            Ok(post)
+        });
+        match written {
+            Ok(Some(post)) => Ok(post),
+            Ok(None) => Err(Error::InvalidToken),
+            Err(e) if is_unknown_author(&e) => Err(Error::InvalidToken),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn post(&self, id: i64) -> Result<Option<PostRecord>> {
-        Ok(retry_read(|| {
-            sqlx::query_as(GET_POST.as_str())
+        Ok(retry_read(|| async {
+            lend!(self.read, |conn| sqlx::query_as(GET_POST.as_str())
                 .bind(id)
-                .fetch_optional(&self.read)
+                .fetch_optional(conn))
         })
         .await?)
     }
@@ -448,7 +467,7 @@ where
         let (time, id) = listing
             .after
             .unwrap_or((Timestamp::from_micros(i64::MAX), i64::MAX));
-        let rows: Vec<ListedPost> = retry_read(|| {
+        let rows: Vec<ListedPost> = retry_read(|| async {
             let query = match listing.author {
                 None => sqlx::query_as(LIST_POSTS.as_str())
                     .bind(time)
@@ -460,7 +479,7 @@ where
                     .bind(listing.limit)
                     .bind(author),
             };
-            query.fetch_all(&self.read)
+            lend!(self.read, |conn| query.fetch_all(conn))
         })
         .await?;
         let total_size = match rows.first() {
@@ -476,22 +495,23 @@ where
 
     async fn count_posts(&self, author: Option<i64>) -> Result<i64> {
         let count = match author {
-            None => sqlx::query_scalar(COUNT_ALL).fetch_one(&self.read).await?,
-            Some(author) => {
+            None => lend!(self.read, |conn| sqlx::query_scalar(COUNT_ALL)
+                .fetch_one(conn))?,
+            Some(author) => lend!(self.read, |conn| {
                 sqlx::query_scalar(COUNT_AUTHOR_POSTS.as_str())
                     .bind(author)
-                    .fetch_one(&self.read)
-                    .await?
-            }
+                    .fetch_one(conn)
+            })?,
         };
         Ok(count)
     }
 
     async fn author_exists(&self, id: i64) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM authors WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?;
+        let found: Option<i64> = lend!(self.read, |conn| {
+            sqlx::query_scalar("SELECT id FROM authors WHERE id = $1")
+                .bind(id)
+                .fetch_optional(conn)
+        })?;
         Ok(found.is_some())
     }
 
@@ -502,14 +522,15 @@ where
         title: Option<&Title>,
         content: Option<&Content>,
     ) -> Result<PostRecord> {
-        let updated: Vec<PostRecord> = sqlx::query_as(UPDATE_POST.as_str())
-            .bind(id)
-            .bind(author_id)
-            .bind(title.map(|t| t.as_str()))
-            .bind(content.map(|c| c.as_str()))
-            .bind(Timestamp::now())
-            .fetch_all(&self.write)
-            .await?;
+        let updated: Vec<PostRecord> = lend!(self.write, |conn| {
+            sqlx::query_as(UPDATE_POST.as_str())
+                .bind(id)
+                .bind(author_id)
+                .bind(title.map(|t| t.as_str()))
+                .bind(content.map(|c| c.as_str()))
+                .bind(Timestamp::now())
+                .fetch_all(conn)
+        })?;
         match updated.into_iter().next() {
             Some(post) => Ok(post),
             None => Err(self.refusal(id, "update").await),
@@ -517,11 +538,12 @@ where
     }
 
     async fn delete_post(&self, id: i64, author_id: i64) -> Result<()> {
-        let deleted = sqlx::query("DELETE FROM posts WHERE id = $1 AND author_id = $2")
-            .bind(id)
-            .bind(author_id)
-            .execute(&self.write)
-            .await?;
+        let deleted = lend!(self.write, |conn| {
+            sqlx::query("DELETE FROM posts WHERE id = $1 AND author_id = $2")
+                .bind(id)
+                .bind(author_id)
+                .execute(conn)
+        })?;
         if DB::rows_affected(&deleted) == 0 {
             return Err(self.refusal(id, "delete").await);
         }
@@ -529,96 +551,104 @@ where
     }
 
     async fn event_cursor(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT sequence FROM event_cursor WHERE id = 1")
-                .fetch_one(&self.read)
-                .await?,
-        )
+        Ok(lend!(self.read, |conn| {
+            sqlx::query_scalar("SELECT sequence FROM event_cursor WHERE id = 1").fetch_one(conn)
+        })?)
     }
 
     async fn apply_events(&self, events: &[(i64, ReplicaChange)]) -> Result<usize> {
         let Some(&(last, _)) = events.last() else {
             return Ok(0);
         };
-        let mut tx = self.begin_write().await?;
-        // Locking the cursor first makes another replica applying the same
-        // events wait here, and then find them applied.
-        sqlx::query("UPDATE event_cursor SET sequence = sequence WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
-        let (cursor,): (i64,) = sqlx::query_as("SELECT sequence FROM event_cursor WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?;
-        if last <= cursor {
-            return Ok(0);
-        }
-        let mut applied = 0;
-        for (_, change) in events.iter().filter(|(sequence, _)| *sequence > cursor) {
-            Self::apply_change(&mut tx, change).await?;
-            applied += 1;
-        }
-        sqlx::query("UPDATE event_cursor SET sequence = $1 WHERE id = 1")
-            .bind(last)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        let applied = lend!(self.write, |conn| async {
+            let mut tx = conn.begin_with(DB::BEGIN_WRITE).await?;
+            // Locking the cursor first makes another replica applying the
+            // same events wait here, and then find them applied.
+            sqlx::query("UPDATE event_cursor SET sequence = sequence WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            let (cursor,): (i64,) =
+                sqlx::query_as("SELECT sequence FROM event_cursor WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if last <= cursor {
+                tx.rollback().await?;
+                return Ok(0);
+            }
+            let mut applied = 0;
+            for (_, change) in events.iter().filter(|(sequence, _)| *sequence > cursor) {
+                Self::apply_change(&mut tx, change).await?;
+                applied += 1;
+            }
+            sqlx::query("UPDATE event_cursor SET sequence = $1 WHERE id = 1")
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(applied)
+        })?;
         Ok(applied)
     }
 
     async fn apply_snapshot(&self, snapshot: &ReplicaSnapshot) -> Result<Vec<i64>> {
-        let mut tx = self.begin_write().await?;
-        let claimed =
-            sqlx::query("UPDATE event_cursor SET sequence = $1 WHERE id = 1 AND sequence < $1")
-                .bind(snapshot.sequence)
-                .execute(&mut *tx)
+        let deleted = lend!(self.write, |conn| async {
+            let mut tx = conn.begin_with(DB::BEGIN_WRITE).await?;
+            let claimed =
+                sqlx::query("UPDATE event_cursor SET sequence = $1 WHERE id = 1 AND sequence < $1")
+                    .bind(snapshot.sequence)
+                    .execute(&mut *tx)
+                    .await?;
+            if DB::rows_affected(&claimed) == 0 {
+                tx.rollback().await?;
+                return Ok(Vec::new());
+            }
+            let present: std::collections::HashSet<i64> = snapshot
+                .changes
+                .iter()
+                .filter_map(|change| match change {
+                    &ReplicaChange::Profile { id, .. } => Some(id),
+                    _ => None,
+                })
+                .collect();
+            let known: Vec<(i64,)> = sqlx::query_as("SELECT id FROM authors")
+                .fetch_all(&mut *tx)
                 .await?;
-        if DB::rows_affected(&claimed) == 0 {
-            return Ok(Vec::new());
-        }
-        let present: std::collections::HashSet<i64> = snapshot
-            .changes
-            .iter()
-            .filter_map(|change| match change {
-                &ReplicaChange::Profile { id, .. } => Some(id),
-                _ => None,
-            })
-            .collect();
-        let known: Vec<(i64,)> = sqlx::query_as("SELECT id FROM authors")
-            .fetch_all(&mut *tx)
-            .await?;
-        // Authors the snapshot does not know were deleted in the history
-        // that is gone.
-        let deleted: Vec<i64> = known
-            .into_iter()
-            .map(|(id,)| id)
-            .filter(|id| !present.contains(id))
-            .collect();
-        for change in &snapshot.changes {
-            Self::apply_change(&mut tx, change).await?;
-        }
-        for id in &deleted {
-            let change = ReplicaChange::UserDeleted {
-                id: *id,
-                time: snapshot.time,
-            };
-            Self::apply_change(&mut tx, &change).await?;
-        }
-        tx.commit().await?;
+            // Authors the snapshot does not know were deleted in the
+            // history that is gone.
+            let deleted: Vec<i64> = known
+                .into_iter()
+                .map(|(id,)| id)
+                .filter(|id| !present.contains(id))
+                .collect();
+            for change in &snapshot.changes {
+                Self::apply_change(&mut tx, change).await?;
+            }
+            for id in &deleted {
+                let change = ReplicaChange::UserDeleted {
+                    id: *id,
+                    time: snapshot.time,
+                };
+                Self::apply_change(&mut tx, &change).await?;
+            }
+            tx.commit().await?;
+            Ok(deleted)
+        })?;
         Ok(deleted)
     }
 
     async fn revocations(&self, now: Timestamp, window: Duration) -> Result<RevocationSnapshot> {
-        let sessions = sqlx::query_as(
-            "SELECT session_id, expire_time FROM revoked_sessions WHERE expire_time > $1",
-        )
-        .bind(now)
-        .fetch_all(&self.read)
-        .await?;
-        let deleted_users =
+        let sessions = lend!(self.read, |conn| {
+            sqlx::query_as(
+                "SELECT session_id, expire_time FROM revoked_sessions WHERE expire_time > $1",
+            )
+            .bind(now)
+            .fetch_all(conn)
+        })?;
+        let deleted_users = lend!(self.read, |conn| {
             sqlx::query_as("SELECT user_id, delete_time FROM deleted_users WHERE delete_time > $1")
                 .bind(now - window)
-                .fetch_all(&self.read)
-                .await?;
+                .fetch_all(conn)
+        })?;
         Ok(RevocationSnapshot {
             sessions,
             deleted_users,
@@ -626,30 +656,30 @@ where
     }
 
     async fn prune_revocations(&self, now: Timestamp) -> Result<u64> {
-        let pruned = sqlx::query("DELETE FROM revoked_sessions WHERE expire_time <= $1")
-            .bind(now)
-            .execute(&self.write)
-            .await?;
+        let pruned = lend!(self.write, |conn| {
+            sqlx::query("DELETE FROM revoked_sessions WHERE expire_time <= $1")
+                .bind(now)
+                .execute(conn)
+        })?;
         Ok(DB::rows_affected(&pruned))
     }
 
     async fn cached_jwks(&self) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT jwks FROM auth_keys WHERE id = 1")
-                .fetch_optional(&self.read)
-                .await?,
-        )
+        Ok(lend!(self.read, |conn| {
+            sqlx::query_scalar("SELECT jwks FROM auth_keys WHERE id = 1").fetch_optional(conn)
+        })?)
     }
 
     async fn save_jwks(&self, jwks: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO auth_keys (id, jwks, fetch_time) VALUES (1, $1, $2) \
-             ON CONFLICT (id) DO UPDATE SET jwks = excluded.jwks, fetch_time = excluded.fetch_time",
-        )
-        .bind(jwks)
-        .bind(Timestamp::now())
-        .execute(&self.write)
-        .await?;
+        lend!(self.write, |conn| {
+            sqlx::query(
+                "INSERT INTO auth_keys (id, jwks, fetch_time) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET jwks = excluded.jwks, fetch_time = excluded.fetch_time",
+            )
+            .bind(jwks)
+            .bind(Timestamp::now())
+            .execute(conn)
+        })?;
         Ok(())
     }
 }

@@ -19,6 +19,12 @@ impl SqliteStore {
             .run(&pools.write)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the posts database: {e}"))?;
-        Ok(Self::new(pools.read, pools.write, true))
+        // The store uses connections of its own, given back without sqlx's
+        // round trip per use. sqlx's write connection stays open for the
+        // task that keeps the write-ahead log short.
+        let read = shared::db::Connections::like(&pools.read);
+        pools.read.close().await;
+        let write = shared::db::Connections::like(&pools.write);
+        Ok(Self::new(read, write, true))
     }
 }
