@@ -58,6 +58,7 @@ conformance!(
     a_snapshot_brings_the_replica_to_its_state_once,
     counts_follow_every_write_and_deletion,
     posts_written_together_are_each_answered_with_their_own,
+    posts_written_and_deleted_at_once_keep_every_count,
 );
 
 fn title(s: &str) -> Title {
@@ -534,6 +535,51 @@ async fn posts_written_together_are_each_answered_with_their_own(store: Arc<dyn 
     assert_eq!(store.count_posts(Some(3)).await.unwrap(), 0);
     for round in 0..5 {
         assert_eq!(store.count_posts(Some(10 + round)).await.unwrap(), 3);
+    }
+}
+
+/// New posts by many authors, written in groups, while other posts of the
+/// same authors are deleted one by one: every call succeeds (no writer waits
+/// on another in a cycle, whatever the order of authors in a group), and
+/// every count is exact afterwards.
+async fn posts_written_and_deleted_at_once_keep_every_count(store: Arc<dyn Store>) {
+    let authors = 1..=12_i64;
+    let mut old = Vec::new();
+    for author in authors.clone() {
+        for n in 0..4 {
+            old.push((
+                author,
+                post_by(store.as_ref(), author, "someone", &format!("old {n}")).await,
+            ));
+        }
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for round in 0..10 {
+        // Authors in a different order each round.
+        for author in authors.clone().map(|a| (a * 7 + round) % 12 + 1) {
+            let store = store.clone();
+            calls.spawn(async move {
+                store
+                    .create_post(&caller(author, "someone"), &title("new"), &content("x"))
+                    .await
+                    .map(|_| ())
+            });
+        }
+    }
+    for (author, id) in old {
+        let store = store.clone();
+        calls.spawn(async move { store.delete_post(id, author).await });
+    }
+    while let Some(call) = calls.join_next().await {
+        call.unwrap().unwrap();
+    }
+    assert_eq!(store.count_posts(None).await.unwrap(), 120);
+    for author in authors {
+        assert_eq!(
+            store.count_posts(Some(author)).await.unwrap(),
+            10,
+            "author {author}"
+        );
     }
 }
 

@@ -41,6 +41,11 @@ const RETURNING_POST: &str = " RETURNING id, title, content, create_time, update
      (SELECT a.username FROM authors a WHERE a.id = posts.author_id) AS author_username, \
      (SELECT a.avatar_url FROM authors a WHERE a.id = posts.author_id) AS author_avatar_url";
 
+/// The `RETURNING` clause of a post insert.
+pub(super) fn returning_post() -> &'static str {
+    RETURNING_POST
+}
+
 /// One post by id.
 static GET_POST: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -108,24 +113,33 @@ pub struct SqlStore<DB: Backend> {
     read: Connections<DB>,
     /// Connections for writes.
     write: Connections<DB>,
-    /// New posts, to the writer that commits them in groups (`None`: each
-    /// post is committed by its own statement).
-    queue: Option<mpsc::Sender<QueuedPost>>,
+    /// New posts, to the writer that commits them in groups.
+    queue: mpsc::Sender<QueuedPost>,
 }
 
 /// A post waiting for a writer, and who to tell once it has committed.
-struct QueuedPost {
-    author_id: i64,
-    title: Title,
-    content: Content,
+pub struct QueuedPost {
+    pub(super) author_id: i64,
+    pub(super) title: Title,
+    pub(super) content: Content,
     done: oneshot::Sender<Result<Option<PostRecord>, sqlx::Error>>,
 }
 
+/// How a backend writes a group of new posts at once.
+pub trait GroupWrite: Backend {
+    /// Writes the posts of `group` atomically; what was written for each,
+    /// in `group`'s order (`None`: its author has been deleted).
+    fn write_group<'c>(
+        conn: &'c mut Self::Connection,
+        group: &'c [QueuedPost],
+    ) -> impl Future<Output = Result<Vec<Option<PostRecord>>, GroupError>> + Send + 'c;
+}
+
 /// Why a group of new posts was not written together.
-enum GroupError {
-    /// One post's statement failed: nothing was written, and the others
-    /// may well succeed alone.
-    Statement,
+pub enum GroupError {
+    /// A statement failed: nothing was written, and most posts of the
+    /// group may well succeed alone.
+    Statement(sqlx::Error),
     /// The transaction could not begin or commit: no post of the group can
     /// be written now. After a failed commit it is not known whether the
     /// posts were written (the connection may have broken on the way back),
@@ -152,7 +166,7 @@ fn same_kind(e: &sqlx::Error) -> sqlx::Error {
     }
 }
 
-impl<DB: Backend> SqlStore<DB>
+impl<DB: GroupWrite> SqlStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
@@ -162,18 +176,11 @@ where
     PostRecord: for<'r> FromRow<'r, DB::Row>,
     (i64,): for<'r> FromRow<'r, DB::Row>,
 {
-    /// A store over these pools. With `group_commit`, new posts go to one
-    /// writer task that commits them in groups (it stops when the store is
-    /// dropped). Only for a backend whose writes are serialised anyway: a
-    /// group adds to several authors' counter rows in one transaction, and
-    /// on a backend with row locks that order can deadlock against a
-    /// concurrent deletion taking the same rows the other way round.
-    pub(super) fn new(read: Connections<DB>, write: Connections<DB>, group_commit: bool) -> Self {
-        let queue = group_commit.then(|| {
-            let (queue, queued) = mpsc::channel(QUEUE_DEPTH);
-            tokio::spawn(Self::commit_in_groups(write.clone(), queued));
-            queue
-        });
+    /// A store over these connections. New posts go to one writer task
+    /// that commits them in groups (it stops when the store is dropped).
+    pub(super) fn new(read: Connections<DB>, write: Connections<DB>) -> Self {
+        let (queue, queued) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(Self::commit_in_groups(write.clone(), queued));
         Self { read, write, queue }
     }
 
@@ -214,7 +221,8 @@ where
                         let _ = post.done.send(Err(same_kind(&e)));
                     }
                 }
-                Err(GroupError::Statement) => {
+                Err(GroupError::Statement(e)) => {
+                    tracing::debug!(error = %e, "a group of new posts is written one by one");
                     for post in group.drain(..) {
                         Self::commit_alone(&write, post).await;
                     }
@@ -234,34 +242,20 @@ where
         let _ = post.done.send(written);
     }
 
-    /// The posts of `group`, in one transaction; what each statement wrote
+    /// The posts of `group`, written at once; what was written for each
     /// (`None`: its author has been deleted).
     async fn commit_group(
         write: &Connections<DB>,
         group: &[QueuedPost],
     ) -> Result<Vec<Option<PostRecord>>, GroupError> {
-        let mut failed_statement = false;
-        let written = lend!(write, |conn| async {
-            let mut tx = conn.begin_with(DB::BEGIN_WRITE).await?;
-            let mut written = Vec::with_capacity(group.len());
-            for post in group {
-                let inserted =
-                    Self::insert_post(&mut *tx, post.author_id, &post.title, &post.content).await;
-                match inserted {
-                    Ok(post) => written.push(post),
-                    Err(e) => {
-                        failed_statement = true;
-                        return Err(e);
-                    }
-                }
-            }
-            tx.commit().await?;
-            Ok(written)
-        });
-        written.map_err(|e| match failed_statement {
-            true => GroupError::Statement,
-            false => GroupError::Transaction(e),
+        let mut conn = write.get().await.map_err(GroupError::Transaction)?;
+        let written = DB::write_group(&mut conn, group).await;
+        conn.end(match &written {
+            Ok(_) => None,
+            Err(GroupError::Statement(e) | GroupError::Transaction(e)) => Some(e),
         })
+        .await;
+        written
     }
 
     /// After a guarded write touched nothing: why not? (Asked after the
@@ -278,26 +272,6 @@ where
             Ok(Some(_)) => Error::NotAuthor(action),
             Err(e) => e.into(),
         }
-    }
-
-    /// Inserts a post by an author who must exist and must not have been
-    /// deleted; `None` if they have been. The statement checks for a
-    /// deletion that committed first; one committing later waits on the
-    /// author row this insert holds, then cascades.
-    async fn insert_post<'e, E: Executor<'e, Database = DB>>(
-        executor: E,
-        author_id: i64,
-        title: &Title,
-        content: &Content,
-    ) -> Result<Option<PostRecord>, sqlx::Error> {
-        let written = sqlx::query_as(INSERT_POST.as_str())
-            .bind(author_id)
-            .bind(title.as_str())
-            .bind(content.as_str())
-            .bind(Timestamp::now())
-            .fetch_all(executor)
-            .await?;
-        Ok(written.into_iter().next())
     }
 
     /// The effect of one change, inside `tx`.
@@ -366,8 +340,37 @@ where
     }
 }
 
+impl<DB: Backend> SqlStore<DB>
+where
+    DB::Arguments: IntoArguments<DB>,
+    i64: Type<DB> + for<'e> Encode<'e, DB>,
+    Timestamp: Type<DB> + for<'e> Encode<'e, DB>,
+    for<'a> &'a str: Type<DB> + Encode<'a, DB>,
+    PostRecord: for<'r> FromRow<'r, DB::Row>,
+{
+    /// Inserts a post by an author who must exist and must not have been
+    /// deleted; `None` if they have been. The statement checks for a
+    /// deletion that committed first; one committing later waits on the
+    /// author row this insert holds, then cascades.
+    pub(super) async fn insert_post<'e, E: Executor<'e, Database = DB>>(
+        executor: E,
+        author_id: i64,
+        title: &Title,
+        content: &Content,
+    ) -> Result<Option<PostRecord>, sqlx::Error> {
+        let written = sqlx::query_as(INSERT_POST.as_str())
+            .bind(author_id)
+            .bind(title.as_str())
+            .bind(content.as_str())
+            .bind(Timestamp::now())
+            .fetch_all(executor)
+            .await?;
+        Ok(written.into_iter().next())
+    }
+}
+
 #[async_trait]
-impl<DB: Backend> Store for SqlStore<DB>
+impl<DB: GroupWrite> Store for SqlStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
@@ -402,25 +405,18 @@ where
             e.as_database_error()
                 .is_some_and(|d| d.is_foreign_key_violation())
         };
-        // Nearly always the author is known: one statement, committed on its
-        // own or with whatever other new posts are waiting.
-        let written = match &self.queue {
-            None => lend!(self.write, |conn| Self::insert_post(
-                conn, caller.id, title, content
-            )),
-            Some(queue) => {
-                let (done, written) = oneshot::channel();
-                let queued = QueuedPost {
-                    author_id: caller.id,
-                    title: title.clone(),
-                    content: content.clone(),
-                    done,
-                };
-                let closed = || Error::Unavailable(sqlx::Error::PoolClosed);
-                queue.send(queued).await.map_err(|_| closed())?;
-                written.await.map_err(|_| closed())?
-            }
+        // Nearly always the author is known: the post is committed with
+        // whatever other new posts are waiting.
+        let (done, written) = oneshot::channel();
+        let queued = QueuedPost {
+            author_id: caller.id,
+            title: title.clone(),
+            content: content.clone(),
+            done,
         };
+        let closed = || Error::Unavailable(sqlx::Error::PoolClosed);
+        self.queue.send(queued).await.map_err(|_| closed())?;
+        let written = written.await.map_err(|_| closed())?;
         match written {
             Ok(Some(post)) => return Ok(post),
             Ok(None) => return Err(Error::InvalidToken),

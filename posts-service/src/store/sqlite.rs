@@ -3,9 +3,12 @@
 
 use std::time::Duration;
 
-use sqlx::Sqlite;
+use sqlx::{Connection, Sqlite, SqliteConnection};
 
-use super::sql::SqlStore;
+use super::{
+    PostRecord,
+    sql::{GroupError, GroupWrite, QueuedPost, SqlStore},
+};
 use crate::error::Result;
 
 /// The posts-service's data in an SQLite file.
@@ -25,6 +28,31 @@ impl SqliteStore {
         let read = shared::db::Connections::like(&pools.read);
         pools.read.close().await;
         let write = shared::db::Connections::like(&pools.write);
-        Ok(Self::new(read, write, true))
+        Ok(Self::new(read, write))
+    }
+}
+
+/// A group is a transaction of one insert per post: SQLite runs one writer
+/// at a time, so the statements cannot deadlock, and a statement costs no
+/// round trip.
+impl GroupWrite for Sqlite {
+    async fn write_group(
+        conn: &mut SqliteConnection,
+        group: &[QueuedPost],
+    ) -> std::result::Result<Vec<Option<PostRecord>>, GroupError> {
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(GroupError::Transaction)?;
+        let mut written = Vec::with_capacity(group.len());
+        for post in group {
+            let post =
+                SqliteStore::insert_post(&mut *tx, post.author_id, &post.title, &post.content)
+                    .await
+                    .map_err(GroupError::Statement)?;
+            written.push(post);
+        }
+        tx.commit().await.map_err(GroupError::Transaction)?;
+        Ok(written)
     }
 }

@@ -124,18 +124,25 @@ impl<DB: Backend> std::ops::DerefMut for Lent<DB> {
 
 impl<DB: Backend> Lent<DB> {
     /// Gives the connection back after a use that ended with `result`, and
-    /// returns `result`. A connection left inside a transaction, or whose
-    /// error says it broke, is closed. One that failed otherwise, or holds
-    /// something unsent (a dropped transaction's rollback), is pinged first,
-    /// which sends it and waits for the answer.
+    /// returns `result`.
     pub async fn finish<T>(self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        self.end(result.as_ref().err()).await;
+        result
+    }
+
+    /// Gives the connection back after a use that ended in `error`, or
+    /// well. A connection left inside a transaction, or whose error says it
+    /// broke, is closed. One that failed otherwise, or holds something
+    /// unsent (a dropped transaction's rollback), is pinged first, which
+    /// sends it and waits for the answer.
+    pub async fn end(self, error: Option<&sqlx::Error>) {
         let mut lease = self.0;
         let conn = lease.conn();
-        let reusable = match &result {
-            Err(e) if super::is_broken_connection(e) => false,
+        let reusable = match error {
+            Some(e) if super::is_broken_connection(e) => false,
             // Nothing left unsent (the driver's own test) and no
             // transaction open: ready for the next caller as it is.
-            Ok(_) if !conn.should_flush() && !conn.is_in_transaction() => true,
+            None if !conn.should_flush() && !conn.is_in_transaction() => true,
             // The ping goes after anything the driver still holds, a
             // dropped transaction's rollback included.
             _ => conn.ping().await.is_ok() && !conn.is_in_transaction(),
@@ -143,7 +150,6 @@ impl<DB: Backend> Lent<DB> {
         if reusable {
             lease.give_back();
         }
-        result
     }
 }
 
