@@ -17,7 +17,7 @@ use sqlx::{
 
 mod connections;
 
-pub use connections::{Connections, Lent};
+pub use connections::{Connections, Lent, Tx};
 
 /// What differs between the two databases, for SQL written once over both.
 /// Everything else (`$n` parameters, `RETURNING`, `ON CONFLICT`, row-value
@@ -54,6 +54,12 @@ pub trait Backend: sqlx::Database {
         Self::log_bytes_of(&pool.connect_options())
     }
 
+    /// Runs `statement`, which returns no rows, on `conn`.
+    fn run<'c>(
+        conn: &'c mut Self::Connection,
+        statement: &'static str,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c;
+
     /// Sets up a new connection before its first use.
     fn prepare(
         _conn: &mut Self::Connection,
@@ -72,6 +78,13 @@ impl Backend for sqlx::Postgres {
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
         result.rows_affected()
     }
+
+    async fn run(
+        conn: &mut sqlx::PgConnection,
+        statement: &'static str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(statement).execute(conn).await.map(drop)
+    }
 }
 
 impl Backend for sqlx::Sqlite {
@@ -85,6 +98,13 @@ impl Backend for sqlx::Sqlite {
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         result.rows_affected()
+    }
+
+    async fn run(
+        conn: &mut sqlx::SqliteConnection,
+        statement: &'static str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(statement).execute(conn).await.map(drop)
     }
 
     fn log_bytes_of(options: &SqliteConnectOptions) -> Option<u64> {

@@ -23,6 +23,10 @@ impl PgStore {
         .run(&pool)
         .await
         .map_err(|e| anyhow::anyhow!("migrating the auth database: {e}"))?;
-        Self::open(pool.clone(), pool).await
+        // The pool served the migrations; the store uses connections of its
+        // own, given back without sqlx's round trip per use.
+        let connections = shared::db::Connections::like(&pool);
+        pool.close().await;
+        Self::open(connections.clone(), connections).await
     }
 }

@@ -6,8 +6,12 @@
 //! [`super::sqlite`]) which pools there are.
 
 use async_trait::async_trait;
-use shared::{db::Backend, time::Timestamp};
-use sqlx::{ColumnIndex, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
+use shared::{
+    db::{Backend, Connections, Tx},
+    lend,
+    time::Timestamp,
+};
+use sqlx::{ColumnIndex, Encode, Executor, FromRow, IntoArguments, Type};
 use tokio::sync::watch;
 
 use super::{
@@ -25,9 +29,9 @@ use crate::{
 /// and the signal that wakes event streams when this process commits one.
 pub struct SqlStore<DB: Backend> {
     /// Connections for reads.
-    read: Pool<DB>,
+    read: Connections<DB>,
     /// Connections for writes.
-    write: Pool<DB>,
+    write: Connections<DB>,
     /// Wakes event streams after this process commits an event.
     commits: watch::Sender<i64>,
 }
@@ -59,7 +63,7 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     /// A store over these pools, with every username given its skeleton.
-    pub(super) async fn open(read: Pool<DB>, write: Pool<DB>) -> Result<Self> {
+    pub(super) async fn open(read: Connections<DB>, write: Connections<DB>) -> Result<Self> {
         let store = Self {
             read,
             write,
@@ -69,12 +73,12 @@ where
         Ok(store)
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, DB>> {
-        Ok(self.write.begin_with(DB::BEGIN_WRITE).await?)
+    async fn begin_write(&self) -> Result<Tx<DB>> {
+        Ok(self.write.begin(DB::BEGIN_WRITE).await?)
     }
 
     /// Appends `change` to the outbox inside `tx`; returns its sequence.
-    async fn record(tx: &mut Transaction<'static, DB>, change: &UserChange) -> Result<i64> {
+    async fn record(tx: &mut Tx<DB>, change: &UserChange) -> Result<i64> {
         if let Some(lock) = DB::LOCK_LOG {
             sqlx::query(lock).execute(&mut **tx).await?;
         }
@@ -89,7 +93,7 @@ where
     }
 
     /// Commits, then wakes event streams if the transaction wrote an event.
-    async fn commit(&self, tx: Transaction<'static, DB>, sequence: Option<i64>) -> Result<()> {
+    async fn commit(&self, tx: Tx<DB>, sequence: Option<i64>) -> Result<()> {
         tx.commit().await?;
         if let Some(sequence) = sequence {
             self.commits.send_replace(sequence);
@@ -100,7 +104,7 @@ where
     /// Deletes sessions of `user_id` inside `tx` and records the
     /// revocation; returns the ended ids and the event's sequence.
     async fn end_sessions_in(
-        tx: &mut Transaction<'static, DB>,
+        tx: &mut Tx<DB>,
         user_id: i64,
         which: Sessions<'_>,
     ) -> Result<(Vec<String>, Option<i64>)> {
@@ -170,12 +174,12 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.read).await?;
+        lend!(self.read, |conn| sqlx::query("SELECT 1").execute(conn))?;
         Ok(())
     }
 
     fn pool_status(&self) -> shared::db::PoolStatus {
-        shared::db::PoolStatus::of(&self.read)
+        self.read.status()
     }
 
     async fn create_user(&self, user: NewUser<'_>) -> Result<UserRecord> {
@@ -203,36 +207,40 @@ where
     }
 
     async fn user_by_id(&self, id: i64) -> Result<Option<UserRecord>> {
-        Ok(sqlx::query_as("SELECT id, username, email, password_hash, avatar_key, create_time FROM users WHERE id = $1")
+        Ok(lend!(self.read, |conn| {
+            sqlx::query_as("SELECT id, username, email, password_hash, avatar_key, create_time FROM users WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.read)
-                .await?)
+                .fetch_optional(conn)
+        })?)
     }
 
     async fn user_by_login(&self, login: &LoginName) -> Result<Option<UserRecord>> {
-        Ok(sqlx::query_as("SELECT id, username, email, password_hash, avatar_key, create_time FROM users WHERE username_key = $1 OR email = $1 LIMIT 1")
+        Ok(lend!(self.read, |conn| {
+            sqlx::query_as("SELECT id, username, email, password_hash, avatar_key, create_time FROM users WHERE username_key = $1 OR email = $1 LIMIT 1")
                 .bind(login.as_str())
-                .fetch_optional(&self.read)
-                .await?)
+                .fetch_optional(conn)
+        })?)
     }
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>> {
-        Ok(sqlx::query_as("SELECT id, username, email, password_hash, avatar_key, create_time FROM users WHERE email = $1")
+        Ok(lend!(self.read, |conn| {
+            sqlx::query_as("SELECT id, username, email, password_hash, avatar_key, create_time FROM users WHERE email = $1")
                 .bind(email.as_str())
-                .fetch_optional(&self.read)
-                .await?)
+                .fetch_optional(conn)
+        })?)
     }
 
     async fn taken(&self, username: &Username, email: &Email) -> Result<Option<Error>> {
-        let (username_taken, email_taken): (bool, bool) = sqlx::query_as(
+        let (username_taken, email_taken): (bool, bool) = lend!(self.read, |conn| {
+            sqlx::query_as(
                     "SELECT EXISTS (SELECT 1 FROM users WHERE username_skeleton = $1 OR username_key = $2), \
                             EXISTS (SELECT 1 FROM users WHERE email = $3)",
                 )
                 .bind(username.skeleton())
                 .bind(username.key())
                 .bind(email.as_str())
-                .fetch_one(&self.read)
-                .await?;
+                .fetch_one(conn)
+        })?;
         Ok(if username_taken {
             Some(Error::UsernameTaken)
         } else if email_taken {
@@ -363,30 +371,30 @@ where
     }
 
     async fn reset_token_is_live(&self, token_hash: &[u8], now: Timestamp) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar(
+        let found: Option<i64> = lend!(self.read, |conn| sqlx::query_scalar(
             "SELECT user_id FROM password_resets WHERE token_hash = $1 AND expire_time > $2",
         )
         .bind(token_hash)
         .bind(now)
-        .fetch_optional(&self.read)
-        .await?;
+        .fetch_optional(conn))?;
         Ok(found.is_some())
     }
 
     async fn backfill_username_skeletons(&self) -> Result<usize> {
-        let rows: Vec<(i64, String)> =
-            sqlx::query_as("SELECT id, username FROM users WHERE username_skeleton IS NULL")
-                .fetch_all(&self.read)
-                .await?;
+        let rows: Vec<(i64, String)> = lend!(self.read, |conn| sqlx::query_as(
+            "SELECT id, username FROM users WHERE username_skeleton IS NULL"
+        )
+        .fetch_all(conn))?;
         let mut filled = 0;
         for (id, username) in rows {
-            let result = sqlx::query(
+            let result = lend!(self.write, |conn| {
+                sqlx::query(
                         "UPDATE users SET username_skeleton = $2 WHERE id = $1 AND username_skeleton IS NULL",
                     )
                     .bind(id)
                     .bind(skeleton(&username))
-                    .execute(&self.write)
-                    .await;
+                    .execute(conn)
+            });
             match result {
                 Ok(_) => filled += 1,
                 Err(e)
@@ -503,14 +511,13 @@ where
         user_id: i64,
         now: Timestamp,
     ) -> Result<bool> {
-        let found: Option<String> = sqlx::query_scalar(
+        let found: Option<String> = lend!(self.read, |conn| sqlx::query_scalar(
             "SELECT id FROM sessions WHERE id = $1 AND user_id = $2 AND expire_time > $3",
         )
         .bind(session_id)
         .bind(user_id)
         .bind(now)
-        .fetch_optional(&self.read)
-        .await?;
+        .fetch_optional(conn))?;
         Ok(found.is_some())
     }
 
@@ -594,16 +601,15 @@ where
     }
 
     async fn signing_keys(&self) -> Result<Vec<KeyRecord>> {
-        Ok(sqlx::query_as(
+        Ok(lend!(self.read, |conn| sqlx::query_as(
             "SELECT kid, private_key, public_key, create_time, activate_time FROM signing_keys \
                      ORDER BY activate_time DESC, kid DESC",
         )
-        .fetch_all(&self.read)
-        .await?)
+        .fetch_all(conn))?)
     }
 
     async fn add_signing_key(&self, key: &KeyRecord) -> Result<()> {
-        sqlx::query(
+        lend!(self.write, |conn| sqlx::query(
             "INSERT INTO signing_keys (kid, private_key, public_key, create_time, activate_time) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kid) DO NOTHING",
         )
@@ -612,27 +618,28 @@ where
         .bind(&key.public_key)
         .bind(key.create_time)
         .bind(key.activate_time)
-        .execute(&self.write)
-        .await?;
+        .execute(conn))?;
         Ok(())
     }
 
     async fn remove_signing_key(&self, kid: &str) -> Result<()> {
-        sqlx::query("DELETE FROM signing_keys WHERE kid = $1")
-            .bind(kid)
-            .execute(&self.write)
-            .await?;
+        lend!(self.write, |conn| sqlx::query(
+            "DELETE FROM signing_keys WHERE kid = $1"
+        )
+        .bind(kid)
+        .execute(conn))?;
         Ok(())
     }
 
     async fn events_after(&self, sequence: i64, limit: i64) -> Result<Vec<EventRecord>> {
-        let rows: Vec<(i64, Timestamp, String)> = sqlx::query_as(
+        let rows: Vec<(i64, Timestamp, String)> = lend!(self.read, |conn| {
+            sqlx::query_as(
                     "SELECT sequence, time, payload FROM user_events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
                 )
                 .bind(sequence)
                 .bind(limit)
-                .fetch_all(&self.read)
-                .await?;
+                .fetch_all(conn)
+        })?;
         rows.into_iter()
             .map(|(sequence, time, payload)| {
                 Ok(EventRecord {
@@ -645,25 +652,25 @@ where
     }
 
     async fn oldest_event(&self) -> Result<Option<i64>> {
-        let (oldest,): (Option<i64>,) = sqlx::query_as("SELECT MIN(sequence) FROM user_events")
-            .fetch_one(&self.read)
-            .await?;
+        let (oldest,): (Option<i64>,) = lend!(self.read, |conn| sqlx::query_as(
+            "SELECT MIN(sequence) FROM user_events"
+        )
+        .fetch_one(conn))?;
         Ok(oldest)
     }
 
     async fn prune_events(&self, before: Timestamp) -> Result<u64> {
-        let pruned = sqlx::query(
+        let pruned = lend!(self.write, |conn| sqlx::query(
             "DELETE FROM user_events WHERE time < $1 \
              AND sequence < (SELECT MAX(sequence) FROM user_events)",
         )
         .bind(before)
-        .execute(&self.write)
-        .await?;
+        .execute(conn))?;
         Ok(DB::rows_affected(&pruned))
     }
 
     async fn snapshot(&self, revoked_since: Timestamp) -> Result<UsersSnapshot> {
-        let mut tx = self.read.begin_with(DB::BEGIN_SNAPSHOT).await?;
+        let mut tx = self.read.begin(DB::BEGIN_SNAPSHOT).await?;
         let (sequence,): (Option<i64>,) = sqlx::query_as("SELECT MAX(sequence) FROM user_events")
             .fetch_one(&mut *tx)
             .await?;

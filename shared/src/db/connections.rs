@@ -153,6 +153,69 @@ impl<DB: Backend> Lent<DB> {
     }
 }
 
+/// A transaction on a connection lent by [`Connections::begin`]; it derefs
+/// to the connection, for statements. Dropped before [`Tx::commit`] or
+/// [`Tx::rollback`] (an error returned early, a caller that gave up), it is
+/// rolled back by a task of its own, which then gives the connection back.
+pub struct Tx<DB: Backend> {
+    lent: Option<Lent<DB>>,
+}
+
+impl<DB: Backend> std::ops::Deref for Tx<DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &DB::Connection {
+        self.lent
+            .as_ref()
+            .expect("a transaction holds its connection until it ends")
+    }
+}
+
+impl<DB: Backend> std::ops::DerefMut for Tx<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        self.lent
+            .as_mut()
+            .expect("a transaction holds its connection until it ends")
+    }
+}
+
+impl<DB: Backend> Tx<DB> {
+    /// Commits, and gives the connection back.
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let lent = self.lent.take().expect("a transaction ends once");
+        Self::end_with(lent, "COMMIT").await
+    }
+
+    /// Rolls back, and gives the connection back.
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        let lent = self.lent.take().expect("a transaction ends once");
+        Self::end_with(lent, "ROLLBACK").await
+    }
+
+    async fn end_with(mut lent: Lent<DB>, statement: &'static str) -> Result<(), sqlx::Error> {
+        let ended = DB::run(&mut lent, statement).await;
+        // A COMMIT that failed may leave the transaction open (SQLite, when
+        // busy): it is rolled back before anyone else may use it.
+        if ended.is_err() && DB::run(&mut lent, "ROLLBACK").await.is_err() {
+            return ended;
+        }
+        lent.finish(ended).await
+    }
+}
+
+impl<DB: Backend> Drop for Tx<DB> {
+    fn drop(&mut self) {
+        let Some(lent) = self.lent.take() else {
+            return;
+        };
+        // Without a runtime (the process is ending) the connection is
+        // closed as the lease drops, which ends the transaction too.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(Self::end_with(lent, "ROLLBACK"));
+        }
+    }
+}
+
 impl<DB: Backend> Lease<DB> {
     fn conn(&mut self) -> &mut DB::Connection {
         self.conn
@@ -222,6 +285,20 @@ impl<DB: Backend> Connections<DB> {
     /// it is closed.
     pub async fn get(&self) -> Result<Lent<DB>, sqlx::Error> {
         Ok(Lent(self.lease().await?))
+    }
+
+    /// A transaction begun with `statement` (the backend's
+    /// [`Backend::BEGIN_WRITE`] or [`Backend::BEGIN_SNAPSHOT`]) on a
+    /// connection of this caller's own.
+    pub async fn begin(&self, statement: &'static str) -> Result<Tx<DB>, sqlx::Error> {
+        let mut lent = self.get().await?;
+        match DB::run(&mut lent, statement).await {
+            Ok(()) => Ok(Tx { lent: Some(lent) }),
+            Err(e) => {
+                lent.end(Some(&e)).await;
+                Err(e)
+            }
+        }
     }
 
     /// How many connections are open, and how many of them are idle.
@@ -432,6 +509,42 @@ mod tests {
         });
         assert!(broken.is_err());
         assert_eq!(conns.status().size, 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_commits_or_is_rolled_back_when_dropped() {
+        let (conns, dir) = database(1);
+        lend!(conns, |conn| sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(conn))
+        .unwrap();
+        let count = || async {
+            lend!(conns, |conn| sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM t"
+            )
+            .fetch_one(conn))
+            .unwrap()
+        };
+        let mut tx = conns.begin("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(count().await, 1);
+
+        // Dropped unfinished (an early return): rolled back, and the one
+        // connection comes back for the next caller, outside a transaction.
+        let mut tx = conns.begin("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (2)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        drop(tx);
+        assert_eq!(count().await, 1);
+        let tx = conns.begin("BEGIN IMMEDIATE").await.unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!((conns.status().size, conns.status().idle), (1, 1));
         let _ = std::fs::remove_dir_all(dir);
     }
 }
