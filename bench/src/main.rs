@@ -254,6 +254,7 @@ where
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
+                let mut first_error = None;
                 let mut i = worker;
                 loop {
                     let began = Instant::now();
@@ -267,19 +268,32 @@ where
                     }
                     match result {
                         Ok(()) => latencies.push(began.elapsed()),
-                        Err(_) => errors += 1,
+                        Err(status) => {
+                            errors += 1;
+                            first_error.get_or_insert(status);
+                        }
                     }
                 }
-                (latencies, errors)
+                (latencies, errors, first_error)
             })
         })
         .collect();
     let mut latencies = Vec::new();
     let mut errors = 0;
+    let mut first_error = None;
     for task in tasks {
-        let (l, e) = task.await.expect("a load task");
+        let (l, e, first) = task.await.expect("a load task");
         latencies.extend(l);
         errors += e;
+        first_error = first_error.or(first);
+    }
+    // On stderr, beside the servers' process ids: what failed, to look into.
+    if let Some(status) = first_error {
+        eprintln!(
+            "{errors} calls failed; the first: {:?}: {}",
+            status.code(),
+            status.message()
+        );
     }
     Figures::from(latencies, errors, Duration::from_secs(seconds))
 }
