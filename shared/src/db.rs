@@ -197,6 +197,16 @@ pub struct SqlitePools {
     pub write: SqlitePool,
 }
 
+impl SqlitePools {
+    /// The readers and the writer as [`Connections`], given back without
+    /// sqlx's round trip per use. sqlx's write pool stays open for the task
+    /// that keeps the write-ahead log short.
+    pub async fn into_connections(self) -> (Connections<sqlx::Sqlite>, Connections<sqlx::Sqlite>) {
+        let write = Connections::like(&self.write);
+        (Connections::instead_of(self.read).await, write)
+    }
+}
+
 /// Opens an SQLite file (creating it and its directory if missing) in WAL
 /// mode, with a busy timeout for writers in other processes.
 pub async fn open_sqlite(url: &str, acquire_timeout: Duration) -> Result<SqlitePools, sqlx::Error> {

@@ -23,10 +23,7 @@ impl PgStore {
         .run(&pool)
         .await
         .map_err(|e| anyhow::anyhow!("migrating the auth database: {e}"))?;
-        // The pool served the migrations; the store uses connections of its
-        // own, given back without sqlx's round trip per use.
-        let connections = shared::db::Connections::like(&pool);
-        pool.close().await;
+        let connections = shared::db::Connections::instead_of(pool).await;
         Self::open(connections.clone(), connections).await
     }
 }

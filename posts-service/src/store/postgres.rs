@@ -24,10 +24,7 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the posts database: {e}"))?;
-        // The pool served the migrations; the store uses connections of its
-        // own, given back without sqlx's round trip per use.
-        let connections = shared::db::Connections::like(&pool);
-        pool.close().await;
+        let connections = shared::db::Connections::instead_of(pool).await;
         Ok(Self::new(connections.clone(), connections))
     }
 }

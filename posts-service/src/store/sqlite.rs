@@ -22,12 +22,7 @@ impl SqliteStore {
             .run(&pools.write)
             .await
             .map_err(|e| anyhow::anyhow!("migrating the posts database: {e}"))?;
-        // The store uses connections of its own, given back without sqlx's
-        // round trip per use. sqlx's write connection stays open for the
-        // task that keeps the write-ahead log short.
-        let read = shared::db::Connections::like(&pools.read);
-        pools.read.close().await;
-        let write = shared::db::Connections::like(&pools.write);
+        let (read, write) = pools.into_connections().await;
         Ok(Self::new(read, write))
     }
 }

@@ -280,6 +280,14 @@ impl<DB: Backend> Connections<DB> {
         )
     }
 
+    /// Connections like `pool`'s, in its place: `pool` (which has served
+    /// for the migrations) is closed.
+    pub async fn instead_of(pool: sqlx::Pool<DB>) -> Self {
+        let connections = Self::like(&pool);
+        pool.close().await;
+        connections
+    }
+
     /// A connection of this caller's own, until it is given back with
     /// [`Lent::finish`]. Dropped before that (the caller gave up part-way),
     /// it is closed.
