@@ -409,6 +409,22 @@ mod tests {
         )
     }
 
+    /// [`database`], with an empty table `t (x)`.
+    async fn database_with_table(max: u32) -> (Connections<Sqlite>, std::path::PathBuf) {
+        let (conns, dir) = database(max);
+        lend!(conns, |conn| sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(conn))
+        .unwrap();
+        (conns, dir)
+    }
+
+    /// How many rows `t` has, as a caller outside any transaction sees it.
+    async fn rows(conns: &Connections<Sqlite>) -> i64 {
+        lend!(conns, |conn| sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(conn))
+        .unwrap()
+    }
+
     async fn one(conns: &Connections<Sqlite>) -> Result<i64, sqlx::Error> {
         lend!(conns, |conn| sqlx::query_scalar("SELECT 1").fetch_one(conn))
     }
@@ -435,10 +451,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_use_dropped_part_way_closes_its_connection() {
-        let (conns, dir) = database(1);
-        lend!(conns, |conn| sqlx::query("CREATE TABLE t (x INTEGER)")
-            .execute(conn))
-        .unwrap();
+        let (conns, dir) = database_with_table(1).await;
         // The caller gives up inside a transaction, with a row written.
         let gave_up = tokio::time::timeout(Duration::from_millis(50), async {
             lend!(conns, |conn| async {
@@ -471,10 +484,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_use_rolls_its_transaction_back_before_the_next() {
-        let (conns, dir) = database(1);
-        lend!(conns, |conn| sqlx::query("CREATE TABLE t (x INTEGER)")
-            .execute(conn))
-        .unwrap();
+        let (conns, dir) = database_with_table(1).await;
         let failed: Result<(), sqlx::Error> = lend!(conns, |conn| async {
             let mut tx = conn.begin().await?;
             sqlx::query("INSERT INTO t VALUES (1)")
@@ -491,11 +501,7 @@ mod tests {
             1,
             "a failed statement does not break it"
         );
-        let rows: i64 = lend!(conns, |conn| {
-            sqlx::query_scalar("SELECT COUNT(*) FROM t").fetch_one(conn)
-        })
-        .unwrap();
-        assert_eq!(rows, 0);
+        assert_eq!(rows(&conns).await, 0);
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -522,24 +528,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_transaction_commits_or_is_rolled_back_when_dropped() {
-        let (conns, dir) = database(1);
-        lend!(conns, |conn| sqlx::query("CREATE TABLE t (x INTEGER)")
-            .execute(conn))
-        .unwrap();
-        let count = || async {
-            lend!(conns, |conn| sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM t"
-            )
-            .fetch_one(conn))
-            .unwrap()
-        };
+        let (conns, dir) = database_with_table(1).await;
         let mut tx = conns.begin("BEGIN IMMEDIATE").await.unwrap();
         sqlx::query("INSERT INTO t VALUES (1)")
             .execute(&mut *tx)
             .await
             .unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(count().await, 1);
+        assert_eq!(rows(&conns).await, 1);
 
         // Dropped unfinished (an early return): rolled back, and the one
         // connection comes back for the next caller, outside a transaction.
@@ -549,7 +545,7 @@ mod tests {
             .await
             .unwrap();
         drop(tx);
-        assert_eq!(count().await, 1);
+        assert_eq!(rows(&conns).await, 1);
         let tx = conns.begin("BEGIN IMMEDIATE").await.unwrap();
         tx.rollback().await.unwrap();
         assert_eq!((conns.status().size, conns.status().idle), (1, 1));
