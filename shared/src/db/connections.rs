@@ -1,4 +1,4 @@
-//! A connection pool for the hot paths, without sqlx's round trip per use.
+//! The services' connection pool, without sqlx's round trip per use.
 //!
 //! sqlx's [`sqlx::Pool`] tests every connection as it comes back: each
 //! release spawns a task that pings the connection before it may be used
@@ -10,8 +10,9 @@
 //! [`Lent::finish`], and takes it back at once. What the ping guards against
 //! is handled where it arises instead:
 //! - a use dropped part-way (its caller's deadline passed) may leave the
-//!   connection mid-statement or mid-transaction: that connection is closed,
-//!   never lent again;
+//!   connection mid-statement or mid-transaction: a task of its own pings
+//!   it (as sqlx does for every use) and gives it back only if it is then
+//!   outside any transaction;
 //! - a use that failed may have dropped a transaction, whose rollback the
 //!   driver sends lazily: the connection is pinged once before it is lent
 //!   again, so no rollback is left waiting, and no lock held, while it sits
@@ -102,23 +103,45 @@ impl<DB: Backend> Drop for Lease<DB> {
     }
 }
 
-/// A connection lent by [`Connections::get`].
-pub struct Lent<DB: Backend>(Lease<DB>);
+/// A connection lent by [`Connections::get`], until [`Lent::finish`] or
+/// [`Lent::end`].
+pub struct Lent<DB: Backend>(Option<Lease<DB>>);
+
+impl<DB: Backend> Drop for Lent<DB> {
+    /// A use dropped part-way (its caller gave up mid-query): the
+    /// connection is pinged by a task of its own, which waits out whatever
+    /// the driver was still doing and sends what it still holds (a dropped
+    /// transaction's rollback), and is given back if it is then idle and
+    /// outside any transaction. Closing it instead would make every
+    /// deadline missed under load cost a new connection, more load.
+    fn drop(&mut self) {
+        let Some(lease) = self.0.take() else {
+            return;
+        };
+        // Without a runtime (the process is ending) the lease closes it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(Self::recover(lease));
+        }
+    }
+}
 
 impl<DB: Backend> std::ops::Deref for Lent<DB> {
     type Target = DB::Connection;
 
     fn deref(&self) -> &DB::Connection {
         self.0
-            .conn
             .as_ref()
+            .and_then(|lease| lease.conn.as_ref())
             .expect("a lease holds its connection until it ends")
     }
 }
 
 impl<DB: Backend> std::ops::DerefMut for Lent<DB> {
     fn deref_mut(&mut self) -> &mut DB::Connection {
-        self.0.conn()
+        self.0
+            .as_mut()
+            .expect("a lease holds its connection until it ends")
+            .conn()
     }
 }
 
@@ -135,19 +158,26 @@ impl<DB: Backend> Lent<DB> {
     /// broke, is closed. One that failed otherwise, or holds something
     /// unsent (a dropped transaction's rollback), is pinged first, which
     /// sends it and waits for the answer.
-    pub async fn end(self, error: Option<&sqlx::Error>) {
-        let mut lease = self.0;
+    pub async fn end(mut self, error: Option<&sqlx::Error>) {
+        let Some(mut lease) = self.0.take() else {
+            return;
+        };
         let conn = lease.conn();
-        let reusable = match error {
-            Some(e) if super::is_broken_connection(e) => false,
+        match error {
+            Some(e) if super::is_broken_connection(e) => {}
             // Nothing left unsent (the driver's own test) and no
             // transaction open: ready for the next caller as it is.
-            None if !conn.should_flush() && !conn.is_in_transaction() => true,
-            // The ping goes after anything the driver still holds, a
-            // dropped transaction's rollback included.
-            _ => conn.ping().await.is_ok() && !conn.is_in_transaction(),
-        };
-        if reusable {
+            None if !conn.should_flush() && !conn.is_in_transaction() => lease.give_back(),
+            _ => Self::recover(lease).await,
+        }
+    }
+
+    /// Pings the connection, which goes after anything the driver still
+    /// holds or is doing (a dropped transaction's rollback included), and
+    /// gives it back if it answers outside any transaction.
+    async fn recover(mut lease: Lease<DB>) {
+        let conn = lease.conn();
+        if conn.ping().await.is_ok() && !conn.is_in_transaction() {
             lease.give_back();
         }
     }
@@ -292,7 +322,7 @@ impl<DB: Backend> Connections<DB> {
     /// [`Lent::finish`]. Dropped before that (the caller gave up part-way),
     /// it is closed.
     pub async fn get(&self) -> Result<Lent<DB>, sqlx::Error> {
-        Ok(Lent(self.lease().await?))
+        Ok(Lent(Some(self.lease().await?)))
     }
 
     /// A transaction begun with `statement` (the backend's
@@ -450,35 +480,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_use_dropped_part_way_closes_its_connection() {
+    async fn a_use_dropped_part_way_is_rolled_back_and_kept() {
         let (conns, dir) = database_with_table(1).await;
         // The caller gives up inside a transaction, with a row written.
         let gave_up = tokio::time::timeout(Duration::from_millis(50), async {
             lend!(conns, |conn| async {
-                sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+                let mut tx = conn.begin().await?;
                 sqlx::query("INSERT INTO t VALUES (1)")
-                    .execute(&mut *conn)
+                    .execute(&mut *tx)
                     .await?;
                 std::future::pending::<()>().await;
-                Ok::<_, sqlx::Error>(())
+                tx.commit().await
             })
         })
         .await;
         assert!(gave_up.is_err());
-        assert_eq!(conns.status().size, 0, "closed, not given back");
-        // The next caller starts a transaction of its own (on the same
-        // connection it would be refused: one is open) and sees no row.
-        let rows: i64 = lend!(conns, |conn| async {
+        // The connection comes back once its rollback has gone out: kept,
+        // not closed (a closed one would leave none open).
+        for _ in 0..100 {
+            if conns.status().idle == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!((conns.status().size, conns.status().idle), (1, 1));
+        // The next caller starts a transaction of its own on it (inside
+        // the old one it would be refused) and sees no row.
+        let seen: i64 = lend!(conns, |conn| async {
             let mut tx = conn.begin().await?;
-            let rows = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            let seen = sqlx::query_scalar("SELECT COUNT(*) FROM t")
                 .fetch_one(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(rows)
+            Ok::<_, sqlx::Error>(seen)
         })
         .unwrap();
-        assert_eq!(rows, 0);
-        assert_eq!(conns.status().size, 1);
+        assert_eq!(seen, 0);
         let _ = std::fs::remove_dir_all(dir);
     }
 
