@@ -278,7 +278,12 @@ async fn hostile_and_abandoned_uploads_stay_within_the_memory_budget() {
 
 #[tokio::test]
 async fn a_24_megapixel_photo_is_still_accepted() {
-    let app = spawn_app().await;
+    // Accepted, not fast: an unoptimised test build on a loaded two-core
+    // host can take longer than the default 30 s per call to resize it.
+    let app = spawn_app_with(TestDatabase::new("auth").await, |config| {
+        config.common.request_timeout = Duration::from_secs(180);
+    })
+    .await;
     let (_, _, tokens) = app.signed_up().await;
     let photo = DynamicImage::ImageRgb8(RgbImage::from_fn(6_000, 4_000, |x, y| {
         image::Rgb([(x / 24) as u8, (y / 16) as u8, 128])
