@@ -1,5 +1,5 @@
-//! Database plumbing both services share: opening pools with the same
-//! settings, telling "unreachable" from "wrong", and the time unit every
+//! Database plumbing both services share: opening connections with the
+//! same settings, telling "unreachable" from "wrong", and the time unit every
 //! stored time uses.
 
 use std::{
@@ -9,15 +9,16 @@ use std::{
 };
 
 use sqlx::{
-    PgPool, SqlitePool,
     migrate::Migrator,
-    postgres::PgPoolOptions,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    postgres::PgConnectOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 
 mod connections;
 
 pub use connections::{Connections, Lent, Tx};
+
+use crate::lend;
 
 /// What differs between the two databases, for SQL written once over both.
 /// Everything else (`$n` parameters, `RETURNING`, `ON CONFLICT`, row-value
@@ -45,13 +46,8 @@ pub trait Backend: sqlx::Database {
 
     /// The size of the write-ahead log of the database that connections
     /// opened with `options` use, where it is a file of its own (SQLite).
-    fn log_bytes_of(_options: &<Self::Connection as sqlx::Connection>::Options) -> Option<u64> {
+    fn log_bytes(_options: &<Self::Connection as sqlx::Connection>::Options) -> Option<u64> {
         None
-    }
-
-    /// The size of the write-ahead log of `pool`'s database.
-    fn log_bytes(pool: &sqlx::Pool<Self>) -> Option<u64> {
-        Self::log_bytes_of(&pool.connect_options())
     }
 
     /// Runs `statement`, which returns no rows, on `conn`.
@@ -107,7 +103,7 @@ impl Backend for sqlx::Sqlite {
         sqlx::raw_sql(statement).execute(conn).await.map(drop)
     }
 
-    fn log_bytes_of(options: &SqliteConnectOptions) -> Option<u64> {
+    fn log_bytes(options: &SqliteConnectOptions) -> Option<u64> {
         Some(file_size(&wal_path(options.get_filename())))
     }
 
@@ -130,28 +126,25 @@ fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
-/// Opens a PostgreSQL pool whose acquire waits at most `acquire_timeout`, so
-/// a database that is down answers UNAVAILABLE quickly rather than hanging.
-pub async fn open_postgres(url: &str, acquire_timeout: Duration) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
-        .max_connections(16)
-        .acquire_timeout(acquire_timeout)
-        // No round trip before every call: a connection is tested only
-        // after it sat idle, when the server may have dropped it unseen.
-        // One that breaks in use fails that call (reads are retried once,
-        // [`retry_read`]) and is closed when it goes back to the pool.
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for > PING_AFTER_IDLE {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
-        .connect(url)
-        .await
+/// Connections to a PostgreSQL server whose acquire waits at most
+/// `acquire_timeout`, so a database that is down answers UNAVAILABLE quickly
+/// rather than hanging. No round trip before every call: a connection is
+/// tested only after it sat idle ([`Backend::TEST_AFTER_IDLE`]), when the
+/// server may have dropped it unseen; one that breaks in use fails that call
+/// (reads are retried once, [`retry_read`]) and is closed.
+pub fn open_postgres(
+    url: &str,
+    acquire_timeout: Duration,
+) -> Result<Connections<sqlx::Postgres>, sqlx::Error> {
+    Ok(Connections::new(
+        PgConnectOptions::from_str(url)?,
+        POSTGRES_CONNECTIONS,
+        acquire_timeout,
+    ))
 }
+
+/// The most connections a service opens to PostgreSQL.
+const POSTGRES_CONNECTIONS: u32 = 16;
 
 /// How long a PostgreSQL connection may sit idle before it is tested.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
@@ -187,28 +180,19 @@ fn is_broken_connection(e: &sqlx::Error) -> bool {
     }
 }
 
-/// An SQLite database's two pools: readers, and the single writer.
+/// An SQLite database's connections: readers, and the single writer.
 pub struct SqlitePools {
     /// Connections for reads (WAL: they never wait for the writer).
-    pub read: SqlitePool,
+    pub read: Connections<sqlx::Sqlite>,
     /// One connection for write transactions. SQLite runs one writer at a
     /// time anyway; queueing writers here, in order, beats letting them
     /// collide inside SQLite, where they sleep and retry on the busy handler.
-    pub write: SqlitePool,
-}
-
-impl SqlitePools {
-    /// The readers and the writer as [`Connections`], given back without
-    /// sqlx's round trip per use. sqlx's write pool stays open for the task
-    /// that keeps the write-ahead log short.
-    pub async fn into_connections(self) -> (Connections<sqlx::Sqlite>, Connections<sqlx::Sqlite>) {
-        let write = Connections::like(&self.write);
-        (Connections::instead_of(self.read).await, write)
-    }
+    pub write: Connections<sqlx::Sqlite>,
 }
 
 /// Opens an SQLite file (creating it and its directory if missing) in WAL
-/// mode, with a busy timeout for writers in other processes.
+/// mode, with a busy timeout for writers in other processes, and starts
+/// the task that keeps its write-ahead log short.
 pub async fn open_sqlite(url: &str, acquire_timeout: Duration) -> Result<SqlitePools, sqlx::Error> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
@@ -228,19 +212,12 @@ pub async fn open_sqlite(url: &str, acquire_timeout: Duration) -> Result<SqliteP
     // The file holds password hashes and signing keys: only this user may
     // read it. SQLite gives its journal files the database file's mode.
     create_private_file(options.get_filename())?;
-    let pool = |size| {
-        SqlitePoolOptions::new()
-            .max_connections(size)
-            .acquire_timeout(acquire_timeout)
-            // A "ping" is a round trip to the connection's worker thread that
-            // can only fail if that thread died, which the query itself
-            // reports just as well.
-            .test_before_acquire(false)
-            .after_connect(|conn, _| Box::pin(stable_query_plans(conn)))
-    };
-    let read = pool(sqlite_readers()).connect_with(options.clone()).await?;
-    let write = pool(1).connect_with(options).await?;
-    tokio::spawn(bound_the_wal(write.clone()));
+    let wal = wal_path(options.get_filename());
+    let read = Connections::<sqlx::Sqlite>::new(options.clone(), sqlite_readers(), acquire_timeout);
+    let write = Connections::<sqlx::Sqlite>::new(options, 1, acquire_timeout);
+    // Opened now, so a file that cannot be opened fails the start.
+    write.get().await?.end(None).await;
+    tokio::spawn(bound_the_wal(write.clone(), wal));
     Ok(SqlitePools { read, write })
 }
 
@@ -253,8 +230,9 @@ const WAL_CHECK: Duration = Duration::from_secs(1);
 /// Above this size the write-ahead log is checkpointed and truncated.
 pub const WAL_LIMIT: u64 = 32 * 1024 * 1024;
 
-/// Keeps an SQLite database's write-ahead log under about [`WAL_LIMIT`]
-/// (plus what is written in a [`WAL_CHECK`]), until `write` closes.
+/// Keeps an SQLite database's write-ahead log, the file `wal`, under about
+/// [`WAL_LIMIT`] (plus what is written in a [`WAL_CHECK`]), until `write`
+/// closes.
 ///
 /// SQLite's automatic checkpoint copies the log into the database after
 /// commits, but it never waits for readers, and the log only starts over
@@ -265,8 +243,7 @@ pub const WAL_LIMIT: u64 = 32 * 1024 * 1024;
 /// readers of older snapshots to finish, which takes as long as one read;
 /// readers that start meanwhile read the database file and do not hold it
 /// up. Then the log is emptied.
-async fn bound_the_wal(write: SqlitePool) {
-    let wal = wal_path(write.connect_options().get_filename());
+async fn bound_the_wal(write: Connections<sqlx::Sqlite>, wal: PathBuf) {
     let mut every = tokio::time::interval(WAL_CHECK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !write.is_closed() {
@@ -285,12 +262,13 @@ async fn bound_the_wal(write: SqlitePool) {
 
 /// Copies the write-ahead log into the database and empties it, waiting for
 /// readers of older snapshots (up to the busy timeout). Whether it could.
-pub async fn checkpoint(write: &SqlitePool) -> Result<bool, sqlx::Error> {
+pub async fn checkpoint(write: &Connections<sqlx::Sqlite>) -> Result<bool, sqlx::Error> {
     // (busy, frames in the log, frames copied): busy is 1 when a reader or
     // writer kept it from completing.
-    let rows: Vec<(i64, i64, i64)> = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-        .fetch_all(write)
-        .await?;
+    let rows: Vec<(i64, i64, i64)> = lend!(write, |conn| sqlx::query_as(
+        "PRAGMA wal_checkpoint(TRUNCATE)"
+    )
+    .fetch_all(conn))?;
     Ok(rows.first().is_some_and(|(busy, _, _)| *busy == 0))
 }
 
@@ -371,18 +349,6 @@ pub struct PoolStatus {
     pub wal_bytes: Option<u64>,
 }
 
-impl PoolStatus {
-    /// The state of `pool`.
-    pub fn of<DB: Backend>(pool: &sqlx::Pool<DB>) -> Self {
-        Self {
-            size: pool.size(),
-            idle: pool.num_idle() as u32,
-            max: pool.options().get_max_connections(),
-            wal_bytes: DB::log_bytes(pool),
-        }
-    }
-}
-
 /// Whether `e` means the database is out of reach or too busy, rather than
 /// that the query is wrong: such calls are answered UNAVAILABLE and are worth
 /// retrying.
@@ -445,9 +411,9 @@ mod tests {
     use super::*;
 
     /// The guarantee as SQLite itself reports it for a pooled connection.
-    async fn plans_are_stable(pool: &SqlitePool) -> bool {
+    async fn plans_are_stable(connections: &Connections<sqlx::Sqlite>) -> bool {
         use libsqlite3_sys::{SQLITE_DBCONFIG_ENABLE_QPSG, sqlite3_db_config};
-        let mut conn = pool.acquire().await.unwrap();
+        let mut conn = connections.get().await.unwrap();
         let mut handle = conn.lock_handle().await.unwrap();
         let mut enabled: std::ffi::c_int = -1;
         // SAFETY: locked handle; -1 only reads the setting into `enabled`.
@@ -459,6 +425,8 @@ mod tests {
                 &mut enabled as *mut std::ffi::c_int,
             );
         }
+        drop(handle);
+        conn.end(None).await;
         enabled == 1
     }
 
@@ -523,21 +491,21 @@ mod tests {
         ));
         let url = format!("sqlite://{}/test.db", dir.display());
         let pools = open_sqlite(&url, Duration::from_secs(5)).await.unwrap();
-        sqlx::query("CREATE TABLE t (x TEXT)")
-            .execute(&pools.write)
-            .await
-            .unwrap();
+        lend!(pools.write, |conn| sqlx::query("CREATE TABLE t (x TEXT)")
+            .execute(conn))
+        .unwrap();
         for _ in 0..50 {
-            sqlx::query("INSERT INTO t VALUES (randomblob(4000))")
-                .execute(&pools.write)
-                .await
-                .unwrap();
+            lend!(pools.write, |conn| sqlx::query(
+                "INSERT INTO t VALUES (randomblob(4000))"
+            )
+            .execute(conn))
+            .unwrap();
         }
-        let before = <sqlx::Sqlite as Backend>::log_bytes(&pools.read).unwrap();
+        let before = pools.read.status().wal_bytes.unwrap();
         assert!(before > 100_000, "{before}");
-        assert_eq!(PoolStatus::of(&pools.read).wal_bytes, Some(before));
+        assert_eq!(pools.write.status().wal_bytes, Some(before));
         assert!(checkpoint(&pools.write).await.unwrap());
-        assert_eq!(<sqlx::Sqlite as Backend>::log_bytes(&pools.read), Some(0));
+        assert_eq!(pools.read.status().wal_bytes, Some(0));
         pools.read.close().await;
         pools.write.close().await;
         let _ = std::fs::remove_dir_all(dir);

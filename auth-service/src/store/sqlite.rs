@@ -17,14 +17,14 @@ impl SqliteStore {
     /// Opens (creating if missing, with its directory) and migrates.
     pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Self> {
         let pools = shared::db::open_sqlite(url, acquire_timeout).await?;
-        shared::db::migrations(
-            &sqlx::migrate!("./migrations/common"),
-            &sqlx::migrate!("./migrations/sqlite"),
-        )
-        .run(&pools.write)
-        .await
-        .map_err(|e| anyhow::anyhow!("migrating the auth database: {e}"))?;
-        let (read, write) = pools.into_connections().await;
-        Self::open(read, write).await
+        pools
+            .write
+            .migrate(&shared::db::migrations(
+                &sqlx::migrate!("./migrations/common"),
+                &sqlx::migrate!("./migrations/sqlite"),
+            ))
+            .await
+            .map_err(|e| anyhow::anyhow!("migrating the auth database: {e}"))?;
+        Self::open(pools.read, pools.write).await
     }
 }

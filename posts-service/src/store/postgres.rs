@@ -1,4 +1,4 @@
-//! The PostgreSQL backend: the shared SQL of [`super::sql`] over one pool.
+//! The PostgreSQL backend: the shared SQL of [`super::sql`] over one set of connections.
 
 use std::time::Duration;
 
@@ -19,12 +19,11 @@ pub type PgStore = SqlStore<Postgres>;
 impl PgStore {
     /// Connects and applies the migrations.
     pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Self> {
-        let pool = shared::db::open_postgres(url, acquire_timeout).await?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
+        let connections = shared::db::open_postgres(url, acquire_timeout)?;
+        connections
+            .migrate(&sqlx::migrate!("./migrations/postgres"))
             .await
             .map_err(|e| anyhow::anyhow!("migrating the posts database: {e}"))?;
-        let connections = shared::db::Connections::instead_of(pool).await;
         Ok(Self::new(connections.clone(), connections))
     }
 }

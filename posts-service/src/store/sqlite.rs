@@ -18,12 +18,12 @@ impl SqliteStore {
     /// Opens (creating if missing, with its directory) and migrates.
     pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Self> {
         let pools = shared::db::open_sqlite(url, acquire_timeout).await?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pools.write)
+        pools
+            .write
+            .migrate(&sqlx::migrate!("./migrations/sqlite"))
             .await
             .map_err(|e| anyhow::anyhow!("migrating the posts database: {e}"))?;
-        let (read, write) = pools.into_connections().await;
-        Ok(Self::new(read, write))
+        Ok(Self::new(pools.read, pools.write))
     }
 }
 

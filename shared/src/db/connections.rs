@@ -7,31 +7,29 @@
 //! costs two exchanges instead of one, and a connection is busy for both.
 //!
 //! [`Connections`] lends a connection until its user calls
-//! [`Lent::finish`], and takes it back at once. What the ping guards against
-//! is handled where it arises instead:
-//! - a use dropped part-way (its caller's deadline passed) may leave the
-//!   connection mid-statement or mid-transaction: a task of its own pings
-//!   it (as sqlx does for every use) and gives it back only if it is then
-//!   outside any transaction;
-//! - a use that failed may have dropped a transaction, whose rollback the
-//!   driver sends lazily: the connection is pinged once before it is lent
-//!   again, so no rollback is left waiting, and no lock held, while it sits
-//!   idle;
-//! - a connection that broke is closed;
+//! [`Lent::finish`], and takes it back at once when the use went well. The
+//! ping is kept for the uses that need it:
+//! - a use that failed, or was dropped part-way (its caller's deadline
+//!   passed), may have left the driver mid-statement or holding a dropped
+//!   transaction's rollback: a ping waits that out and sends it, and the
+//!   connection is lent again only if it is then outside any transaction
+//!   (for a dropped use, the ping runs in a task of its own);
+//! - a [`Tx`] not committed or rolled back is rolled back the same way;
+//! - a connection whose error says it broke is closed;
 //! - a connection idle for longer than the backend's
 //!   [`Backend::TEST_AFTER_IDLE`] is tested before it is lent, as the server
 //!   may have dropped it unseen.
 
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use sqlx::{ConnectOptions, Connection};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use sqlx::{
+    ConnectOptions, Connection,
+    migrate::{Migrate, MigrateError, Migrator},
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::{Backend, PoolStatus};
 
@@ -76,11 +74,11 @@ struct Shared<DB: Backend> {
     options: <DB::Connection as Connection>::Options,
     /// Connections not in use, the most recently used last.
     idle: Mutex<Vec<Idle<DB::Connection>>>,
-    /// One per connection that may be open; a lease holds one.
+    /// One per connection that may be open, held by every connection that
+    /// is lent (or being opened, or recovered): the open connections are
+    /// the permits taken plus the idle ones.
     permits: Arc<Semaphore>,
     max: u32,
-    /// Connections open, lent or idle.
-    open: AtomicU32,
     acquire_timeout: Duration,
 }
 
@@ -89,38 +87,67 @@ struct Idle<C> {
     since: Instant,
 }
 
-/// A lent connection (or one being opened), counted as open. Dropped
-/// without [`Lease::give_back`], it is closed and uncounted.
+/// A lent connection. Dropped without [`Lease::give_back`], it is closed.
 struct Lease<DB: Backend> {
-    conn: Option<DB::Connection>,
+    conn: DB::Connection,
+    /// Whether a transaction the driver does not know of (one begun by
+    /// [`Connections::begin`]) may be open on it.
+    in_tx: bool,
     shared: Arc<Shared<DB>>,
     _permit: OwnedSemaphorePermit,
 }
 
-impl<DB: Backend> Drop for Lease<DB> {
-    fn drop(&mut self) {
-        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+impl<DB: Backend> Lease<DB> {
+    /// Returns the connection for the next caller.
+    fn give_back(self) {
+        let Lease { conn, shared, .. } = self;
+        if shared.permits.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = shared.idle.lock().expect("idle list lock");
+        // The least recently used connection is first: close it if it has
+        // not been needed for a while, so a burst's connections do not stay
+        // open for ever.
+        let stale = idle
+            .first()
+            .is_some_and(|oldest| now - oldest.since > IDLE_TIMEOUT);
+        let closing = stale.then(|| idle.remove(0));
+        idle.push(Idle { conn, since: now });
+        drop(idle);
+        drop(closing);
+    }
+
+    /// Brings the connection back to a state another caller may use, and
+    /// gives it back; closes it if that fails. A transaction of its own is
+    /// rolled back; otherwise a ping goes after anything the driver still
+    /// holds or is doing (a dropped transaction's rollback included).
+    async fn recover(mut self) {
+        let ready = if self.in_tx {
+            DB::run(&mut self.conn, "ROLLBACK").await
+        } else {
+            self.conn.ping().await
+        };
+        if ready.is_ok() && !self.conn.is_in_transaction() {
+            self.give_back();
+        }
     }
 }
 
 /// A connection lent by [`Connections::get`], until [`Lent::finish`] or
-/// [`Lent::end`].
+/// [`Lent::end`]. Dropped before that (its caller gave up part-way), it is
+/// recovered by a task of its own: closing it instead would make every
+/// deadline missed under load cost a new connection, more load.
 pub struct Lent<DB: Backend>(Option<Lease<DB>>);
 
 impl<DB: Backend> Drop for Lent<DB> {
-    /// A use dropped part-way (its caller gave up mid-query): the
-    /// connection is pinged by a task of its own, which waits out whatever
-    /// the driver was still doing and sends what it still holds (a dropped
-    /// transaction's rollback), and is given back if it is then idle and
-    /// outside any transaction. Closing it instead would make every
-    /// deadline missed under load cost a new connection, more load.
     fn drop(&mut self) {
         let Some(lease) = self.0.take() else {
             return;
         };
         // Without a runtime (the process is ending) the lease closes it.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(Self::recover(lease));
+            runtime.spawn(lease.recover());
         }
     }
 }
@@ -129,23 +156,25 @@ impl<DB: Backend> std::ops::Deref for Lent<DB> {
     type Target = DB::Connection;
 
     fn deref(&self) -> &DB::Connection {
-        self.0
-            .as_ref()
-            .and_then(|lease| lease.conn.as_ref())
-            .expect("a lease holds its connection until it ends")
+        &self.lease_ref().conn
     }
 }
 
 impl<DB: Backend> std::ops::DerefMut for Lent<DB> {
     fn deref_mut(&mut self) -> &mut DB::Connection {
-        self.0
-            .as_mut()
-            .expect("a lease holds its connection until it ends")
-            .conn()
+        &mut self.lease().conn
     }
 }
 
 impl<DB: Backend> Lent<DB> {
+    fn lease_ref(&self) -> &Lease<DB> {
+        self.0.as_ref().expect("a lent connection until it ends")
+    }
+
+    fn lease(&mut self) -> &mut Lease<DB> {
+        self.0.as_mut().expect("a lent connection until it ends")
+    }
+
     /// Gives the connection back after a use that ended with `result`, and
     /// returns `result`.
     pub async fn finish<T>(self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
@@ -154,31 +183,23 @@ impl<DB: Backend> Lent<DB> {
     }
 
     /// Gives the connection back after a use that ended in `error`, or
-    /// well. A connection left inside a transaction, or whose error says it
-    /// broke, is closed. One that failed otherwise, or holds something
-    /// unsent (a dropped transaction's rollback), is pinged first, which
-    /// sends it and waits for the answer.
+    /// well: at once if it went well and left nothing behind, closed if
+    /// the error says it broke, recovered otherwise.
     pub async fn end(mut self, error: Option<&sqlx::Error>) {
-        let Some(mut lease) = self.0.take() else {
+        let Some(lease) = self.0.take() else {
             return;
         };
-        let conn = lease.conn();
         match error {
             Some(e) if super::is_broken_connection(e) => {}
             // Nothing left unsent (the driver's own test) and no
             // transaction open: ready for the next caller as it is.
-            None if !conn.should_flush() && !conn.is_in_transaction() => lease.give_back(),
-            _ => Self::recover(lease).await,
-        }
-    }
-
-    /// Pings the connection, which goes after anything the driver still
-    /// holds or is doing (a dropped transaction's rollback included), and
-    /// gives it back if it answers outside any transaction.
-    async fn recover(mut lease: Lease<DB>) {
-        let conn = lease.conn();
-        if conn.ping().await.is_ok() && !conn.is_in_transaction() {
-            lease.give_back();
+            None if !lease.in_tx
+                && !lease.conn.should_flush()
+                && !lease.conn.is_in_transaction() =>
+            {
+                lease.give_back()
+            }
+            _ => lease.recover().await,
         }
     }
 }
@@ -186,96 +207,44 @@ impl<DB: Backend> Lent<DB> {
 /// A transaction on a connection lent by [`Connections::begin`]; it derefs
 /// to the connection, for statements. Dropped before [`Tx::commit`] or
 /// [`Tx::rollback`] (an error returned early, a caller that gave up), it is
-/// rolled back by a task of its own, which then gives the connection back.
-pub struct Tx<DB: Backend> {
-    lent: Option<Lent<DB>>,
-}
+/// rolled back as its connection is recovered.
+pub struct Tx<DB: Backend>(Lent<DB>);
 
 impl<DB: Backend> std::ops::Deref for Tx<DB> {
     type Target = DB::Connection;
 
     fn deref(&self) -> &DB::Connection {
-        self.lent
-            .as_ref()
-            .expect("a transaction holds its connection until it ends")
+        &self.0
     }
 }
 
 impl<DB: Backend> std::ops::DerefMut for Tx<DB> {
     fn deref_mut(&mut self) -> &mut DB::Connection {
-        self.lent
-            .as_mut()
-            .expect("a transaction holds its connection until it ends")
+        &mut self.0
     }
 }
 
 impl<DB: Backend> Tx<DB> {
     /// Commits, and gives the connection back.
-    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
-        let lent = self.lent.take().expect("a transaction ends once");
-        Self::end_with(lent, "COMMIT").await
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.end_with("COMMIT").await
     }
 
     /// Rolls back, and gives the connection back.
-    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
-        let lent = self.lent.take().expect("a transaction ends once");
-        Self::end_with(lent, "ROLLBACK").await
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.end_with("ROLLBACK").await
     }
 
-    async fn end_with(mut lent: Lent<DB>, statement: &'static str) -> Result<(), sqlx::Error> {
+    /// Ends the transaction with `statement`. If that fails (a COMMIT
+    /// refused while SQLite is busy leaves the transaction open), the
+    /// connection is recovered, which rolls it back.
+    async fn end_with(self, statement: &'static str) -> Result<(), sqlx::Error> {
+        let Tx(mut lent) = self;
         let ended = DB::run(&mut lent, statement).await;
-        // A COMMIT that failed may leave the transaction open (SQLite, when
-        // busy): it is rolled back before anyone else may use it.
-        if ended.is_err() && DB::run(&mut lent, "ROLLBACK").await.is_err() {
-            return ended;
+        if ended.is_ok() {
+            lent.lease().in_tx = false;
         }
         lent.finish(ended).await
-    }
-}
-
-impl<DB: Backend> Drop for Tx<DB> {
-    fn drop(&mut self) {
-        let Some(lent) = self.lent.take() else {
-            return;
-        };
-        // Without a runtime (the process is ending) the connection is
-        // closed as the lease drops, which ends the transaction too.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(Self::end_with(lent, "ROLLBACK"));
-        }
-    }
-}
-
-impl<DB: Backend> Lease<DB> {
-    fn conn(&mut self) -> &mut DB::Connection {
-        self.conn
-            .as_mut()
-            .expect("a lease holds its connection until it ends")
-    }
-
-    /// Returns the connection for the next caller.
-    fn give_back(mut self) {
-        if let Some(conn) = self.conn.take() {
-            if self.shared.permits.is_closed() {
-                return;
-            }
-            // Still open: counted now by the idle list, not by the lease.
-            self.shared.open.fetch_add(1, Ordering::Relaxed);
-            let now = Instant::now();
-            let mut idle = self.shared.idle.lock().expect("idle list lock");
-            // The least recently used connection is first: close it if it
-            // has not been needed for a while, so a burst's connections do
-            // not stay open for ever.
-            let stale = idle
-                .first()
-                .is_some_and(|oldest| now - oldest.since > IDLE_TIMEOUT);
-            let closing = stale.then(|| idle.remove(0));
-            idle.push(Idle { conn, since: now });
-            drop(idle);
-            if closing.is_some() {
-                self.shared.open.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
     }
 }
 
@@ -294,33 +263,13 @@ impl<DB: Backend> Connections<DB> {
                 idle: Mutex::new(Vec::with_capacity(max as usize)),
                 permits: Arc::new(Semaphore::new(max as usize)),
                 max,
-                open: AtomicU32::new(0),
                 acquire_timeout,
             }),
         }
     }
 
-    /// Connections like `pool`'s: the same options, limit and acquire
-    /// timeout.
-    pub fn like(pool: &sqlx::Pool<DB>) -> Self {
-        Self::new(
-            (*pool.connect_options()).clone(),
-            pool.options().get_max_connections(),
-            pool.options().get_acquire_timeout(),
-        )
-    }
-
-    /// Connections like `pool`'s, in its place: `pool` (which has served
-    /// for the migrations) is closed.
-    pub async fn instead_of(pool: sqlx::Pool<DB>) -> Self {
-        let connections = Self::like(&pool);
-        pool.close().await;
-        connections
-    }
-
     /// A connection of this caller's own, until it is given back with
-    /// [`Lent::finish`]. Dropped before that (the caller gave up part-way),
-    /// it is closed.
+    /// [`Lent::finish`] or [`Lent::end`].
     pub async fn get(&self) -> Result<Lent<DB>, sqlx::Error> {
         Ok(Lent(Some(self.lease().await?)))
     }
@@ -330,33 +279,58 @@ impl<DB: Backend> Connections<DB> {
     /// connection of this caller's own.
     pub async fn begin(&self, statement: &'static str) -> Result<Tx<DB>, sqlx::Error> {
         let mut lent = self.get().await?;
+        // Marked before it is sent: a caller that gives up while BEGIN is
+        // under way leaves a transaction that may have begun.
+        lent.lease().in_tx = true;
         match DB::run(&mut lent, statement).await {
-            Ok(()) => Ok(Tx { lent: Some(lent) }),
+            Ok(()) => Ok(Tx(lent)),
             Err(e) => {
+                lent.lease().in_tx = false;
                 lent.end(Some(&e)).await;
                 Err(e)
             }
         }
     }
 
+    /// Applies `migrator`'s migrations on one of the connections.
+    pub async fn migrate(&self, migrator: &Migrator) -> Result<(), MigrateError>
+    where
+        for<'c> &'c mut DB::Connection: sqlx::Acquire<'c, Database = DB>,
+        DB::Connection: Migrate,
+    {
+        let mut lent = self.get().await?;
+        let migrated = migrator.run(&mut *lent).await;
+        // A failed migration leaves the connection to be recovered.
+        if migrated.is_ok() {
+            lent.end(None).await;
+        }
+        migrated
+    }
+
+    /// Whether [`Connections::close`] has been called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.permits.is_closed()
+    }
+
     /// How many connections are open, and how many of them are idle.
     pub fn status(&self) -> PoolStatus {
-        let idle = self.shared.idle.lock().expect("idle list lock").len() as u32;
+        let shared = &self.shared;
+        let idle = shared.idle.lock().expect("idle list lock").len() as u32;
+        let taken = shared.max - shared.permits.available_permits() as u32;
         PoolStatus {
-            size: self.shared.open.load(Ordering::Relaxed),
+            size: (taken + idle).min(shared.max),
             idle,
-            max: self.shared.max,
-            wal_bytes: DB::log_bytes_of(&self.shared.options),
+            max: shared.max,
+            wal_bytes: DB::log_bytes(&shared.options),
         }
     }
 
     /// Closes every idle connection and refuses new leases; a connection
-    /// in use is closed when its lease ends.
+    /// in use is closed when its use ends.
     pub async fn close(&self) {
         self.shared.permits.close();
-        let idle: Vec<_> = std::mem::take(&mut *self.shared.idle.lock().expect("idle list lock"));
+        let idle = std::mem::take(&mut *self.shared.idle.lock().expect("idle list lock"));
         for idle in idle {
-            self.shared.open.fetch_sub(1, Ordering::Relaxed);
             let _ = idle.conn.close().await;
         }
     }
@@ -373,44 +347,51 @@ impl<DB: Backend> Connections<DB> {
             Ok(Err(_)) => return Err(sqlx::Error::PoolClosed),
             Err(_) => return Err(sqlx::Error::PoolTimedOut),
         };
-        loop {
-            let idle = shared.idle.lock().expect("idle list lock").pop();
-            let Some(Idle { mut conn, since }) = idle else {
-                break;
-            };
-            if DB::TEST_AFTER_IDLE.is_some_and(|after| since.elapsed() > after)
-                && conn.ping().await.is_err()
-            {
-                shared.open.fetch_sub(1, Ordering::Relaxed);
-                continue;
-            }
-            // The idle list counted it; the lease does now.
+        if let Some(conn) = Self::idle_connection(shared).await {
             return Ok(Lease {
-                conn: Some(conn),
+                conn,
+                in_tx: false,
                 shared: Arc::clone(shared),
                 _permit: permit,
             });
         }
-        // Counted as open from here: a failure below, or the caller giving
-        // up, drops the lease, which uncounts it.
-        shared.open.fetch_add(1, Ordering::Relaxed);
-        let mut lease = Lease {
-            conn: None,
-            shared: Arc::clone(shared),
-            _permit: permit,
-        };
-        let connecting = async {
-            let mut conn = shared.options.connect().await?;
-            DB::prepare(&mut conn).await?;
-            Ok::<_, sqlx::Error>(conn)
-        };
-        match tokio::time::timeout(shared.acquire_timeout, connecting).await {
-            Ok(Ok(conn)) => {
-                lease.conn = Some(conn);
-                Ok(lease)
+        // Opened by a task of its own, which keeps the connection for the
+        // next caller if this one gives up meanwhile: under a burst of
+        // short deadlines, connections that were cancelled part-way through
+        // opening would otherwise leave none ever open.
+        let (opened, lease) = oneshot::channel();
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            let connecting = async {
+                let mut conn = shared.options.connect().await?;
+                DB::prepare(&mut conn).await?;
+                Ok::<_, sqlx::Error>(conn)
+            };
+            let conn = match tokio::time::timeout(shared.acquire_timeout, connecting).await {
+                Ok(conn) => conn,
+                Err(_) => Err(sqlx::Error::PoolTimedOut),
+            };
+            let lease = conn.map(|conn| Lease {
+                conn,
+                in_tx: false,
+                shared,
+                _permit: permit,
+            });
+            if let Err(Ok(lease)) = opened.send(lease) {
+                lease.give_back();
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        });
+        lease.await.unwrap_or(Err(sqlx::Error::PoolClosed))
+    }
+
+    /// The most recently used idle connection that is still good, if any.
+    async fn idle_connection(shared: &Shared<DB>) -> Option<DB::Connection> {
+        loop {
+            let Idle { mut conn, since } = shared.idle.lock().expect("idle list lock").pop()?;
+            let stale = DB::TEST_AFTER_IDLE.is_some_and(|after| since.elapsed() > after);
+            if !stale || conn.ping().await.is_ok() {
+                return Some(conn);
+            }
         }
     }
 }
@@ -586,6 +567,40 @@ mod tests {
         let tx = conns.begin("BEGIN IMMEDIATE").await.unwrap();
         tx.rollback().await.unwrap();
         assert_eq!((conns.status().size, conns.status().idle), (1, 1));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A caller that gives up while its `BEGIN` waits for another writer
+    /// leaves a transaction that begins after it left: the connection is
+    /// rolled back before it is lent again, not handed on inside it.
+    #[tokio::test]
+    async fn a_transaction_whose_caller_gave_up_during_begin_is_rolled_back() {
+        use sqlx::Connection;
+        let (conns, dir) = database_with_table(1).await;
+        let url = format!("sqlite://{}/t.db", dir.display());
+        let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), conns.begin("BEGIN IMMEDIATE")).await;
+        assert!(gave_up.is_err());
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        // The waiting BEGIN now runs, then the rollback after it.
+        let mut tx = loop {
+            match conns.begin("BEGIN IMMEDIATE").await {
+                Ok(tx) => break tx,
+                Err(sqlx::Error::PoolTimedOut) => continue,
+                Err(e) => panic!("a transaction of its own: {e}"),
+            }
+        };
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(rows(&conns).await, 1);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
