@@ -1,15 +1,13 @@
 //! The PostgreSQL backend: the shared SQL of [`super::sql`] over one set of connections.
 
-use std::time::Duration;
-
-use std::sync::LazyLock;
+use std::{sync::LazyLock, time::Duration};
 
 use shared::time::Timestamp;
 use sqlx::{PgConnection, Postgres};
 
 use super::{
     PostRecord,
-    sql::{GroupError, GroupWrite, QueuedPost, SqlStore, returning_post},
+    sql::{GroupError, GroupWrite, QueuedPost, RETURNING_POST, SqlStore},
 };
 use crate::error::Result;
 
@@ -38,8 +36,7 @@ static INSERT_POSTS: LazyLock<String> = LazyLock::new(|| {
          SELECT g.author_id, g.title, g.content, $4, $4 \
          FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS g (author_id, title, content) \
          WHERE NOT EXISTS (SELECT 1 FROM deleted_users d WHERE d.user_id = g.author_id) \
-         ORDER BY g.author_id{}",
-        returning_post()
+         ORDER BY g.author_id{RETURNING_POST}"
     )
 });
 

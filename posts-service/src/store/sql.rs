@@ -9,11 +9,11 @@ use std::{sync::LazyLock, time::Duration};
 use async_trait::async_trait;
 use shared::{
     CurrentUser,
-    db::{Backend, Connections, retry_read},
+    db::{Backend, Connections, Tx, retry_read},
     lend,
     time::Timestamp,
 };
-use sqlx::{ColumnIndex, Connection, Encode, Executor, FromRow, IntoArguments, Type};
+use sqlx::{ColumnIndex, Encode, Executor, FromRow, IntoArguments, Type};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -37,14 +37,9 @@ const POST_COLUMNS: &str = "p.id, p.title, p.content, p.create_time, p.update_ti
 
 /// A `RETURNING` clause giving a written post as a [`PostRecord`], author
 /// included: one round trip writes the row and reads it back.
-const RETURNING_POST: &str = " RETURNING id, title, content, create_time, update_time, author_id, \
+pub(super) const RETURNING_POST: &str = " RETURNING id, title, content, create_time, update_time, author_id, \
      (SELECT a.username FROM authors a WHERE a.id = posts.author_id) AS author_username, \
      (SELECT a.avatar_url FROM authors a WHERE a.id = posts.author_id) AS author_avatar_url";
-
-/// The `RETURNING` clause of a post insert.
-pub(super) fn returning_post() -> &'static str {
-    RETURNING_POST
-}
 
 /// One post by id.
 static GET_POST: LazyLock<String> = LazyLock::new(|| {
@@ -258,6 +253,10 @@ where
         written
     }
 
+    async fn begin_write(&self) -> Result<Tx<DB>> {
+        Ok(self.write.begin(DB::BEGIN_WRITE).await?)
+    }
+
     /// After a guarded write touched nothing: why not? (Asked after the
     /// write: if the post changes hands or goes in between, the answer is
     /// still one some order of the two calls gives.)
@@ -425,29 +424,24 @@ where
         }
         // The profile event has not arrived yet: the token's name stands in
         // until it does. A deleted user is never recreated.
-        let written = lend!(self.write, |conn| async {
-            let mut tx = conn.begin_with(DB::BEGIN_WRITE).await?;
-            sqlx::query(
-                "INSERT INTO authors (id, username, avatar_url) \
-                 SELECT $1, $2, '' WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE user_id = $1) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(caller.id)
-            .bind(caller.username.as_str())
-            .execute(&mut *tx)
-            .await?;
-            let post = Self::insert_post(&mut *tx, caller.id, title, content).await?;
-            // Nothing was written if the author has been deleted: the
-            // commit ends the transaction either way.
-            tx.commit().await?;
-            Ok(post)
-        });
-        match written {
-            Ok(Some(post)) => Ok(post),
-            Ok(None) => Err(Error::InvalidToken),
-            Err(e) if is_unknown_author(&e) => Err(Error::InvalidToken),
-            Err(e) => Err(e.into()),
-        }
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO authors (id, username, avatar_url) \
+             SELECT $1, $2, '' WHERE NOT EXISTS (SELECT 1 FROM deleted_users WHERE user_id = $1) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(caller.id)
+        .bind(caller.username.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let post = match Self::insert_post(&mut *tx, caller.id, title, content).await {
+            Ok(Some(post)) => post,
+            Ok(None) => return Err(Error::InvalidToken),
+            Err(e) if is_unknown_author(&e) => return Err(Error::InvalidToken),
+            Err(e) => return Err(e.into()),
+        };
+        tx.commit().await?;
+        Ok(post)
     }
 
     async fn post(&self, id: i64) -> Result<Option<PostRecord>> {
@@ -556,79 +550,72 @@ where
         let Some(&(last, _)) = events.last() else {
             return Ok(0);
         };
-        let applied = lend!(self.write, |conn| async {
-            let mut tx = conn.begin_with(DB::BEGIN_WRITE).await?;
-            // Locking the cursor first makes another replica applying the
-            // same events wait here, and then find them applied.
-            sqlx::query("UPDATE event_cursor SET sequence = sequence WHERE id = 1")
-                .execute(&mut *tx)
-                .await?;
-            let (cursor,): (i64,) =
-                sqlx::query_as("SELECT sequence FROM event_cursor WHERE id = 1")
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if last <= cursor {
-                tx.rollback().await?;
-                return Ok(0);
-            }
-            let mut applied = 0;
-            for (_, change) in events.iter().filter(|(sequence, _)| *sequence > cursor) {
-                Self::apply_change(&mut tx, change).await?;
-                applied += 1;
-            }
-            sqlx::query("UPDATE event_cursor SET sequence = $1 WHERE id = 1")
-                .bind(last)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(applied)
-        })?;
+        let mut tx = self.begin_write().await?;
+        // Locking the cursor first makes another replica applying the same
+        // events wait here, and then find them applied.
+        sqlx::query("UPDATE event_cursor SET sequence = sequence WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let (cursor,): (i64,) = sqlx::query_as("SELECT sequence FROM event_cursor WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        if last <= cursor {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let mut applied = 0;
+        for (_, change) in events.iter().filter(|(sequence, _)| *sequence > cursor) {
+            Self::apply_change(&mut tx, change).await?;
+            applied += 1;
+        }
+        sqlx::query("UPDATE event_cursor SET sequence = $1 WHERE id = 1")
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(applied)
     }
 
     async fn apply_snapshot(&self, snapshot: &ReplicaSnapshot) -> Result<Vec<i64>> {
-        let deleted = lend!(self.write, |conn| async {
-            let mut tx = conn.begin_with(DB::BEGIN_WRITE).await?;
-            let claimed =
-                sqlx::query("UPDATE event_cursor SET sequence = $1 WHERE id = 1 AND sequence < $1")
-                    .bind(snapshot.sequence)
-                    .execute(&mut *tx)
-                    .await?;
-            if DB::rows_affected(&claimed) == 0 {
-                tx.rollback().await?;
-                return Ok(Vec::new());
-            }
-            let present: std::collections::HashSet<i64> = snapshot
-                .changes
-                .iter()
-                .filter_map(|change| match change {
-                    &ReplicaChange::Profile { id, .. } => Some(id),
-                    _ => None,
-                })
-                .collect();
-            let known: Vec<(i64,)> = sqlx::query_as("SELECT id FROM authors")
-                .fetch_all(&mut *tx)
+        let mut tx = self.begin_write().await?;
+        let claimed =
+            sqlx::query("UPDATE event_cursor SET sequence = $1 WHERE id = 1 AND sequence < $1")
+                .bind(snapshot.sequence)
+                .execute(&mut *tx)
                 .await?;
-            // Authors the snapshot does not know were deleted in the
-            // history that is gone.
-            let deleted: Vec<i64> = known
-                .into_iter()
-                .map(|(id,)| id)
-                .filter(|id| !present.contains(id))
-                .collect();
-            for change in &snapshot.changes {
-                Self::apply_change(&mut tx, change).await?;
-            }
-            for id in &deleted {
-                let change = ReplicaChange::UserDeleted {
-                    id: *id,
-                    time: snapshot.time,
-                };
-                Self::apply_change(&mut tx, &change).await?;
-            }
-            tx.commit().await?;
-            Ok(deleted)
-        })?;
+        if DB::rows_affected(&claimed) == 0 {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let present: std::collections::HashSet<i64> = snapshot
+            .changes
+            .iter()
+            .filter_map(|change| match change {
+                &ReplicaChange::Profile { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect();
+        let known: Vec<(i64,)> = sqlx::query_as("SELECT id FROM authors")
+            .fetch_all(&mut *tx)
+            .await?;
+        // Authors the snapshot does not know were deleted in the history
+        // that is gone.
+        let deleted: Vec<i64> = known
+            .into_iter()
+            .map(|(id,)| id)
+            .filter(|id| !present.contains(id))
+            .collect();
+        for change in &snapshot.changes {
+            Self::apply_change(&mut tx, change).await?;
+        }
+        for id in &deleted {
+            let change = ReplicaChange::UserDeleted {
+                id: *id,
+                time: snapshot.time,
+            };
+            Self::apply_change(&mut tx, &change).await?;
+        }
+        tx.commit().await?;
         Ok(deleted)
     }
 

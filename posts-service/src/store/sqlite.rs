@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use shared::db::Backend;
 use sqlx::{Connection, Sqlite, SqliteConnection};
 
 use super::{
@@ -36,7 +37,7 @@ impl GroupWrite for Sqlite {
         group: &[QueuedPost],
     ) -> std::result::Result<Vec<Option<PostRecord>>, GroupError> {
         let mut tx = conn
-            .begin_with("BEGIN IMMEDIATE")
+            .begin_with(<Sqlite as Backend>::BEGIN_WRITE)
             .await
             .map_err(GroupError::Transaction)?;
         let mut written = Vec::with_capacity(group.len());
