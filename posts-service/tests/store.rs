@@ -79,6 +79,18 @@ fn content(s: &str) -> Content {
     Content::parse(s.into()).unwrap()
 }
 
+/// The newest ten posts, from every author.
+async fn first_page(store: &dyn Store) -> store::Page {
+    store
+        .list_posts(Listing {
+            author: None,
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap()
+}
+
 async fn post_by(store: &dyn Store, id: i64, name: &str, t: &str) -> i64 {
     store
         .create_post(&caller(id, name), &title(t), &content("body"))
@@ -176,14 +188,7 @@ async fn listing_is_newest_first_and_resumes_after_a_key(store: Arc<dyn Store>) 
             .await,
         );
     }
-    let all = store
-        .list_posts(Listing {
-            author: None,
-            after: None,
-            limit: 10,
-        })
-        .await
-        .unwrap();
+    let all = first_page(store.as_ref()).await;
     assert_eq!(all.total_size, 5);
     let all = all.posts;
     let listed: Vec<i64> = all.iter().map(|p| p.id).collect();
@@ -617,14 +622,7 @@ async fn a_post_whose_caller_stopped_waiting_in_the_queue_is_not_written() {
     sqlx::query("COMMIT").execute(&mut other).await.unwrap();
     first.await.unwrap().unwrap();
     kept.await.unwrap().unwrap();
-    let page = store
-        .list_posts(Listing {
-            author: None,
-            after: None,
-            limit: 10,
-        })
-        .await
-        .unwrap();
+    let page = first_page(store.as_ref()).await;
     let titles: Vec<&str> = page.posts.iter().map(|p| p.title.as_str()).collect();
     assert_eq!(titles, ["kept", "first", "before"]);
 }
@@ -652,12 +650,7 @@ async fn the_sqlite_wal_stays_bounded_under_writes_and_constant_reads() {
             tokio::spawn(async move {
                 let mut reads = 0u64;
                 while writing.load(std::sync::atomic::Ordering::Relaxed) {
-                    let listing = Listing {
-                        author: None,
-                        after: None,
-                        limit: 10,
-                    };
-                    store.list_posts(listing).await.unwrap();
+                    first_page(store.as_ref()).await;
                     reads += 1;
                 }
                 reads
