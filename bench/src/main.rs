@@ -133,13 +133,15 @@ fn authorized<T>(message: T, bearer: &Bearer) -> Request<T> {
 struct Figures {
     ok: u64,
     errors: u64,
+    /// Every call made, the warm-up's included.
+    made: u64,
     per_second: f64,
     p50: Duration,
     p99: Duration,
 }
 
 impl Figures {
-    fn from(mut latencies: Vec<Duration>, errors: u64, elapsed: Duration) -> Self {
+    fn from(mut latencies: Vec<Duration>, errors: u64, made: u64, elapsed: Duration) -> Self {
         latencies.sort_unstable();
         let at = |q: f64| {
             latencies
@@ -150,6 +152,7 @@ impl Figures {
         Self {
             ok: latencies.len() as u64,
             errors,
+            made,
             per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
             p50: at(0.50),
             p99: at(0.99),
@@ -255,6 +258,7 @@ where
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
                 let mut first_error = None;
+                let mut made = 0u64;
                 let mut i = worker;
                 loop {
                     let began = Instant::now();
@@ -262,6 +266,7 @@ where
                         break;
                     }
                     let result = call(i).await;
+                    made += 1;
                     i += concurrency;
                     if began < start {
                         continue;
@@ -274,17 +279,19 @@ where
                         }
                     }
                 }
-                (latencies, errors, first_error)
+                (latencies, errors, first_error, made)
             })
         })
         .collect();
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
+    let mut made = 0;
     for task in tasks {
-        let (l, e, first) = task.await.expect("a load task");
+        let (l, e, first, m) = task.await.expect("a load task");
         latencies.extend(l);
         errors += e;
+        made += m;
         first_error = first_error.or(first);
     }
     // On stderr, beside the servers' process ids: what failed, to look into.
@@ -295,7 +302,7 @@ where
             status.message()
         );
     }
-    Figures::from(latencies, errors, Duration::from_secs(seconds))
+    Figures::from(latencies, errors, made, Duration::from_secs(seconds))
 }
 
 /// A server process, killed when dropped.
@@ -306,6 +313,7 @@ struct Server {
 
 mod chart;
 mod sizes;
+mod statements;
 
 impl Server {
     /// Resident memory of the process's own (anonymous) pages now, in MiB:
@@ -458,6 +466,7 @@ fn median_figures(rounds: &[Figures]) -> Figures {
     Figures {
         ok: rounds.iter().map(|r| r.ok).sum(),
         errors: rounds.iter().map(|r| r.errors).sum(),
+        made: rounds.iter().map(|r| r.made).sum(),
         per_second: of(|r| r.per_second),
         p50: Duration::from_secs_f64(of(|r| r.p50.as_secs_f64())),
         p99: Duration::from_secs_f64(of(|r| r.p99.as_secs_f64())),
@@ -518,6 +527,13 @@ async fn run_backend(
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data)?;
     let (auth_addr, posts_addr, web_addr) = (free_addr(), free_addr(), free_addr());
+    // What PostgreSQL runs for the posts-service's workloads.
+    let mut statements = if urls.1.starts_with("postgres") {
+        statements::Statements::of(&urls.1).await
+    } else {
+        None
+    };
+    let mut profiles = Vec::new();
     let common = vec![
         ("INTERNAL_TOKEN", "bench-internal-token".to_owned()),
         ("DATA_DIR", data.display().to_string()),
@@ -606,6 +622,7 @@ async fn run_backend(
     let p99 = |f: &Figures| f.p99.as_secs_f64();
     // Each workload alternates with W0, its ceiling, round by round.
     if cli.wants(Workload::W1) {
+        statements::reset(&mut statements).await?;
         let runs = alternate(
             c,
             s,
@@ -613,6 +630,8 @@ async fn run_backend(
             &[w0.clone(), call(get_post(true)), call(get_post(false))],
         )
         .await;
+        let made = runs[1..].iter().flatten().map(|f| f.made).sum();
+        profiles.extend(statements::report(&mut statements, "W1 GetPost", made).await?);
         rows.extend(rows_against_w0(
             "W1",
             &runs,
@@ -625,12 +644,18 @@ async fn run_backend(
     }
     if cli.wants(Workload::W2) {
         let list = list_first_page(&posts_channel);
+        statements::reset(&mut statements).await?;
         let runs = alternate(c, s, r, &[w0.clone(), list]).await;
+        let made = runs[1].iter().map(|f| f.made).sum();
+        profiles.extend(statements::report(&mut statements, "W2 ListPosts", made).await?);
         rows.extend(rows_against_w0("W2", &runs, &["W2 ListPosts (10)"]));
     }
     if cli.wants(Workload::W3) {
         let create = create_post(&posts_channel, &bearer, "Bench");
+        statements::reset(&mut statements).await?;
         let runs = alternate(c, s, r, &[w0.clone(), create]).await;
+        let made = runs[1].iter().map(|f| f.made).sum();
+        profiles.extend(statements::report(&mut statements, "W3 CreatePost", made).await?);
         rows.extend(rows_against_w0("W3", &runs, &["W3 CreatePost"]));
     }
     if cli.wants(Workload::W6) {
@@ -792,6 +817,16 @@ async fn run_backend(
             server.name,
             server.peak_rss_mib()
         );
+    }
+    if !profiles.is_empty() {
+        println!("\n### {label}: the posts database's statements, per workload\n");
+        println!(
+            "From `pg_stat_statements`, reset before each workload; calls per RPC counts the \
+             warm-up's RPCs too, as the server saw them."
+        );
+        for line in profiles {
+            println!("{line}");
+        }
     }
     drop(web);
     drop(posts);
