@@ -436,6 +436,15 @@ mod tests {
         .unwrap()
     }
 
+    /// Adds the row `x` to `t`, inside whatever `conn` is in.
+    async fn insert(conn: &mut sqlx::SqliteConnection, x: i64) {
+        sqlx::query("INSERT INTO t VALUES ($1)")
+            .bind(x)
+            .execute(conn)
+            .await
+            .unwrap();
+    }
+
     async fn one(conns: &Connections<Sqlite>) -> Result<i64, sqlx::Error> {
         lend!(conns, |conn| sqlx::query_scalar("SELECT 1").fetch_one(conn))
     }
@@ -548,20 +557,14 @@ mod tests {
     async fn a_transaction_commits_or_is_rolled_back_when_dropped() {
         let (conns, dir) = database_with_table(1).await;
         let mut tx = conns.begin("BEGIN IMMEDIATE").await.unwrap();
-        sqlx::query("INSERT INTO t VALUES (1)")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        insert(&mut tx, 1).await;
         tx.commit().await.unwrap();
         assert_eq!(rows(&conns).await, 1);
 
         // Dropped unfinished (an early return): rolled back, and the one
         // connection comes back for the next caller, outside a transaction.
         let mut tx = conns.begin("BEGIN IMMEDIATE").await.unwrap();
-        sqlx::query("INSERT INTO t VALUES (2)")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        insert(&mut tx, 2).await;
         drop(tx);
         assert_eq!(rows(&conns).await, 1);
         let tx = conns.begin("BEGIN IMMEDIATE").await.unwrap();
@@ -595,10 +598,7 @@ mod tests {
                 Err(e) => panic!("a transaction of its own: {e}"),
             }
         };
-        sqlx::query("INSERT INTO t VALUES (1)")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        insert(&mut tx, 1).await;
         tx.commit().await.unwrap();
         assert_eq!(rows(&conns).await, 1);
         let _ = std::fs::remove_dir_all(dir);
