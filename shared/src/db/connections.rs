@@ -573,6 +573,26 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A caller that gives up while its connection is being opened leaves
+    /// it to the next caller: under a burst of short deadlines, openings
+    /// cancelled part-way would otherwise leave no connection ever open.
+    #[tokio::test]
+    async fn a_connection_opened_for_a_caller_that_gave_up_is_kept() {
+        let (conns, dir) = database(1);
+        // Polled once, which starts the opening; the caller then leaves.
+        let gave_up = tokio::time::timeout(Duration::ZERO, conns.get()).await;
+        assert!(gave_up.is_err());
+        for _ in 0..100 {
+            if conns.status().idle == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!((conns.status().size, conns.status().idle), (1, 1));
+        assert_eq!(one(&conns).await.unwrap(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// A caller that gives up while its `BEGIN` waits for another writer
     /// leaves a transaction that begins after it left: the connection is
     /// rolled back before it is lent again, not handed on inside it.
