@@ -212,12 +212,11 @@ pub async fn open_sqlite(url: &str, acquire_timeout: Duration) -> Result<SqliteP
     // The file holds password hashes and signing keys: only this user may
     // read it. SQLite gives its journal files the database file's mode.
     create_private_file(options.get_filename())?;
-    let wal = wal_path(options.get_filename());
     let read = Connections::<sqlx::Sqlite>::new(options.clone(), sqlite_readers(), acquire_timeout);
     let write = Connections::<sqlx::Sqlite>::new(options, 1, acquire_timeout);
     // Opened now, so a file that cannot be opened fails the start.
     write.get().await?.end(None).await;
-    tokio::spawn(bound_the_wal(write.clone(), wal));
+    tokio::spawn(bound_the_wal(write.clone()));
     Ok(SqlitePools { read, write })
 }
 
@@ -230,9 +229,8 @@ const WAL_CHECK: Duration = Duration::from_secs(1);
 /// Above this size the write-ahead log is checkpointed and truncated.
 pub const WAL_LIMIT: u64 = 32 * 1024 * 1024;
 
-/// Keeps an SQLite database's write-ahead log, the file `wal`, under about
-/// [`WAL_LIMIT`] (plus what is written in a [`WAL_CHECK`]), until `write`
-/// closes.
+/// Keeps an SQLite database's write-ahead log under about [`WAL_LIMIT`]
+/// (plus what is written in a [`WAL_CHECK`]), until `write` closes.
 ///
 /// SQLite's automatic checkpoint copies the log into the database after
 /// commits, but it never waits for readers, and the log only starts over
@@ -243,12 +241,12 @@ pub const WAL_LIMIT: u64 = 32 * 1024 * 1024;
 /// readers of older snapshots to finish, which takes as long as one read;
 /// readers that start meanwhile read the database file and do not hold it
 /// up. Then the log is emptied.
-async fn bound_the_wal(write: Connections<sqlx::Sqlite>, wal: PathBuf) {
+async fn bound_the_wal(write: Connections<sqlx::Sqlite>) {
     let mut every = tokio::time::interval(WAL_CHECK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !write.is_closed() {
         every.tick().await;
-        if file_size(&wal) <= WAL_LIMIT {
+        if write.status().wal_bytes.unwrap_or(0) <= WAL_LIMIT {
             continue;
         }
         match checkpoint(&write).await {
