@@ -38,6 +38,8 @@ use proto::{
 use tonic::{Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+use crate::statements::Statements;
+
 /// What to run.
 #[derive(Debug, Parser)]
 struct Cli {
@@ -455,6 +457,22 @@ async fn alternate(
     figures
 }
 
+/// [`alternate`], with what the posts database ran for `workload` (the
+/// calls after the first, W0, which touches no database) recorded in
+/// `statements`.
+async fn alternate_profiled(
+    statements: &mut Statements,
+    workload: &str,
+    (concurrency, seconds, rounds): (usize, u64, usize),
+    calls: &[Call],
+) -> anyhow::Result<Vec<Vec<Figures>>> {
+    statements.reset().await?;
+    let runs = alternate(concurrency, seconds, rounds, calls).await;
+    let made = runs[1..].iter().flatten().map(|f| f.made).sum();
+    statements.record(workload, made).await?;
+    Ok(runs)
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or_default()
@@ -529,11 +547,10 @@ async fn run_backend(
     let (auth_addr, posts_addr, web_addr) = (free_addr(), free_addr(), free_addr());
     // What PostgreSQL runs for the posts-service's workloads.
     let mut statements = if urls.1.starts_with("postgres") {
-        statements::Statements::of(&urls.1).await
+        Statements::of(&urls.1).await
     } else {
-        None
+        Statements::off()
     };
-    let mut profiles = Vec::new();
     let common = vec![
         ("INTERNAL_TOKEN", "bench-internal-token".to_owned()),
         ("DATA_DIR", data.display().to_string()),
@@ -622,16 +639,13 @@ async fn run_backend(
     let p99 = |f: &Figures| f.p99.as_secs_f64();
     // Each workload alternates with W0, its ceiling, round by round.
     if cli.wants(Workload::W1) {
-        statements::reset(&mut statements).await?;
-        let runs = alternate(
-            c,
-            s,
-            r,
+        let runs = alternate_profiled(
+            &mut statements,
+            "W1 GetPost",
+            (c, s, r),
             &[w0.clone(), call(get_post(true)), call(get_post(false))],
         )
-        .await;
-        let made = runs[1..].iter().flatten().map(|f| f.made).sum();
-        profiles.extend(statements::report(&mut statements, "W1 GetPost", made).await?);
+        .await?;
         rows.extend(rows_against_w0(
             "W1",
             &runs,
@@ -644,18 +658,24 @@ async fn run_backend(
     }
     if cli.wants(Workload::W2) {
         let list = list_first_page(&posts_channel);
-        statements::reset(&mut statements).await?;
-        let runs = alternate(c, s, r, &[w0.clone(), list]).await;
-        let made = runs[1].iter().map(|f| f.made).sum();
-        profiles.extend(statements::report(&mut statements, "W2 ListPosts", made).await?);
+        let runs = alternate_profiled(
+            &mut statements,
+            "W2 ListPosts",
+            (c, s, r),
+            &[w0.clone(), list],
+        )
+        .await?;
         rows.extend(rows_against_w0("W2", &runs, &["W2 ListPosts (10)"]));
     }
     if cli.wants(Workload::W3) {
         let create = create_post(&posts_channel, &bearer, "Bench");
-        statements::reset(&mut statements).await?;
-        let runs = alternate(c, s, r, &[w0.clone(), create]).await;
-        let made = runs[1].iter().map(|f| f.made).sum();
-        profiles.extend(statements::report(&mut statements, "W3 CreatePost", made).await?);
+        let runs = alternate_profiled(
+            &mut statements,
+            "W3 CreatePost",
+            (c, s, r),
+            &[w0.clone(), create],
+        )
+        .await?;
         rows.extend(rows_against_w0("W3", &runs, &["W3 CreatePost"]));
     }
     if cli.wants(Workload::W6) {
@@ -818,14 +838,14 @@ async fn run_backend(
             server.peak_rss_mib()
         );
     }
-    if !profiles.is_empty() {
+    if !statements.tables().is_empty() {
         println!("\n### {label}: the posts database's statements, per workload\n");
         println!(
             "From `pg_stat_statements`, reset before each workload; calls per RPC counts the \
              warm-up's RPCs too, as the server saw them."
         );
-        for line in profiles {
-            println!("{line}");
+        for table in statements.tables() {
+            print!("{table}");
         }
     }
     drop(web);
