@@ -15,8 +15,10 @@ use sqlx::{
 };
 
 mod connections;
+mod inline;
 
 pub use connections::{Connections, Lent, Tx};
+pub use inline::InlineReads;
 
 use crate::lend;
 
@@ -188,6 +190,8 @@ pub struct SqlitePools {
     /// time anyway; queueing writers here, in order, beats letting them
     /// collide inside SQLite, where they sleep and retry on the busy handler.
     pub write: Connections<sqlx::Sqlite>,
+    /// Connections for the hot reads, run on the caller's own thread.
+    pub inline: InlineReads,
 }
 
 /// Opens an SQLite file (creating it and its directory if missing) in WAL
@@ -212,12 +216,17 @@ pub async fn open_sqlite(url: &str, acquire_timeout: Duration) -> Result<SqliteP
     // The file holds password hashes and signing keys: only this user may
     // read it. SQLite gives its journal files the database file's mode.
     create_private_file(options.get_filename())?;
+    let inline = InlineReads::new(options.get_filename(), sqlite_readers());
     let read = Connections::<sqlx::Sqlite>::new(options.clone(), sqlite_readers(), acquire_timeout);
     let write = Connections::<sqlx::Sqlite>::new(options, 1, acquire_timeout);
     // Opened now, so a file that cannot be opened fails the start.
     write.get().await?.end(None).await;
     tokio::spawn(bound_the_wal(write.clone()));
-    Ok(SqlitePools { read, write })
+    Ok(SqlitePools {
+        read,
+        write,
+        inline,
+    })
 }
 
 /// How much of an SQLite file is read through a memory map.

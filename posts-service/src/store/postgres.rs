@@ -22,7 +22,7 @@ impl PgStore {
             .migrate(&sqlx::migrate!("./migrations/postgres"))
             .await
             .map_err(|e| anyhow::anyhow!("migrating the posts database: {e}"))?;
-        Ok(Self::new(connections.clone(), connections))
+        Ok(Self::new(connections.clone(), connections, None))
     }
 }
 

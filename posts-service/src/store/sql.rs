@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ListedPost, Listing, Page, PostRecord, ReplicaChange, ReplicaSnapshot, RevocationSnapshot,
-    Store,
+    Store, sqlite::InlinePosts,
 };
 use crate::{
     domain::{Content, Title},
@@ -42,7 +42,7 @@ pub(super) const RETURNING_POST: &str = " RETURNING id, title, content, create_t
      (SELECT a.avatar_url FROM authors a WHERE a.id = posts.author_id) AS author_avatar_url";
 
 /// One post by id.
-static GET_POST: LazyLock<String> = LazyLock::new(|| {
+pub(super) static GET_POST: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {POST_COLUMNS} FROM posts p JOIN authors a ON a.id = p.author_id WHERE p.id = $1"
     )
@@ -72,7 +72,7 @@ static COUNT_AUTHOR_POSTS: LazyLock<String> = LazyLock::new(|| format!("{COUNT_A
 /// A page of everyone's posts, the total riding along as a column: an
 /// uncorrelated subquery, evaluated once per statement, so one round trip
 /// per page.
-static LIST_POSTS: LazyLock<String> = LazyLock::new(|| {
+pub(super) static LIST_POSTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {POST_COLUMNS}, ({COUNT_ALL}) AS total_size \
          FROM posts p JOIN authors a ON a.id = p.author_id \
@@ -82,7 +82,7 @@ static LIST_POSTS: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// A page of one author's posts, with their total.
-static LIST_AUTHOR_POSTS: LazyLock<String> = LazyLock::new(|| {
+pub(super) static LIST_AUTHOR_POSTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {POST_COLUMNS}, ({COUNT_AUTHOR}$4) AS total_size \
          FROM posts p JOIN authors a ON a.id = p.author_id \
@@ -110,6 +110,9 @@ pub struct SqlStore<DB: Backend> {
     write: Connections<DB>,
     /// New posts, to the writer that commits them in groups.
     queue: mpsc::Sender<QueuedPost>,
+    /// The hot reads on the caller's own thread, where the backend can
+    /// (SQLite); the others, and any such read not done there, go to `read`.
+    pub(super) inline: Option<InlinePosts>,
 }
 
 /// A post waiting for a writer, and who to tell once it has committed.
@@ -173,10 +176,19 @@ where
 {
     /// A store over these connections. New posts go to one writer task
     /// that commits them in groups (it stops when the store is dropped).
-    pub(super) fn new(read: Connections<DB>, write: Connections<DB>) -> Self {
+    pub(super) fn new(
+        read: Connections<DB>,
+        write: Connections<DB>,
+        inline: Option<InlinePosts>,
+    ) -> Self {
         let (queue, queued) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(Self::commit_in_groups(write.clone(), queued));
-        Self { read, write, queue }
+        Self {
+            read,
+            write,
+            queue,
+            inline,
+        }
     }
 
     /// Group commit: takes every new post queued (up to [`MAX_GROUP`]) and
@@ -445,6 +457,11 @@ where
     }
 
     async fn post(&self, id: i64) -> Result<Option<PostRecord>> {
+        if let Some(inline) = &self.inline
+            && let Some(found) = inline.post(id).await
+        {
+            return Ok(found);
+        }
         Ok(retry_read(|| async {
             lend!(self.read, |conn| sqlx::query_as(GET_POST.as_str())
                 .bind(id)
@@ -457,21 +474,30 @@ where
         let (time, id) = listing
             .after
             .unwrap_or((Timestamp::from_micros(i64::MAX), i64::MAX));
-        let rows: Vec<ListedPost> = retry_read(|| async {
-            let query = match listing.author {
-                None => sqlx::query_as(LIST_POSTS.as_str())
-                    .bind(time)
-                    .bind(id)
-                    .bind(listing.limit),
-                Some(author) => sqlx::query_as(LIST_AUTHOR_POSTS.as_str())
-                    .bind(time)
-                    .bind(id)
-                    .bind(listing.limit)
-                    .bind(author),
-            };
-            lend!(self.read, |conn| query.fetch_all(conn))
-        })
-        .await?;
+        let inline = match &self.inline {
+            Some(inline) => inline.page(&listing).await,
+            None => None,
+        };
+        let rows: Vec<ListedPost> = match inline {
+            Some(rows) => rows,
+            None => {
+                retry_read(|| async {
+                    let query = match listing.author {
+                        None => sqlx::query_as(LIST_POSTS.as_str())
+                            .bind(time)
+                            .bind(id)
+                            .bind(listing.limit),
+                        Some(author) => sqlx::query_as(LIST_AUTHOR_POSTS.as_str())
+                            .bind(time)
+                            .bind(id)
+                            .bind(listing.limit)
+                            .bind(author),
+                    };
+                    lend!(self.read, |conn| query.fetch_all(conn))
+                })
+                .await?
+            }
+        };
         let total_size = match rows.first() {
             Some(row) => row.total_size,
             // An empty page carries no count: ask for it.

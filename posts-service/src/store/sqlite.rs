@@ -1,14 +1,20 @@
 //! The SQLite backend: the shared SQL of [`super::sql`] over a WAL database,
-//! reads on a few connections and every write on one dedicated connection.
+//! reads on a few connections and every write on one dedicated connection;
+//! `GetPost` and `ListPosts` read on the caller's own thread
+//! ([`shared::db::InlineReads`]), with the same statements.
 
 use std::time::Duration;
 
-use shared::db::Backend;
+use rusqlite::{Row, ToSql};
+use shared::{
+    db::{Backend, InlineReads},
+    time::Timestamp,
+};
 use sqlx::{Connection, Sqlite, SqliteConnection};
 
 use super::{
-    PostRecord,
-    sql::{GroupError, GroupWrite, QueuedPost, SqlStore},
+    ListedPost, Listing, PostRecord,
+    sql::{GET_POST, GroupError, GroupWrite, LIST_AUTHOR_POSTS, LIST_POSTS, QueuedPost, SqlStore},
 };
 use crate::error::Result;
 
@@ -24,7 +30,11 @@ impl SqliteStore {
             .migrate(&sqlx::migrate!("./migrations/sqlite"))
             .await
             .map_err(|e| anyhow::anyhow!("migrating the posts database: {e}"))?;
-        Ok(Self::new(pools.read, pools.write))
+        Ok(Self::new(
+            pools.read,
+            pools.write,
+            Some(InlinePosts(pools.inline)),
+        ))
     }
 }
 
@@ -50,5 +60,149 @@ impl GroupWrite for Sqlite {
         }
         tx.commit().await.map_err(GroupError::Transaction)?;
         Ok(written)
+    }
+}
+
+/// `GetPost` and `ListPosts` on the caller's thread: the statements of
+/// [`super::sql`], their rows read as the sqlx path reads them. `None`:
+/// not read here, take the usual way.
+pub struct InlinePosts(InlineReads);
+
+impl InlinePosts {
+    /// The post `id`, if there is one.
+    pub(super) async fn post(&self, id: i64) -> Option<Option<PostRecord>> {
+        yield_in_turn().await;
+        self.0.read(|conn| {
+            let mut statement = conn.prepare_cached(GET_POST.as_str())?;
+            let mut rows = statement.query([id])?;
+            rows.next()?.map(post_record).transpose()
+        })
+    }
+
+    /// A page of `listing`, each row with the total.
+    pub(super) async fn page(&self, listing: &Listing) -> Option<Vec<ListedPost>> {
+        yield_in_turn().await;
+        let (time, id) = listing
+            .after
+            .unwrap_or((Timestamp::from_micros(i64::MAX), i64::MAX));
+        let time = time.as_micros();
+        self.0.read(|conn| {
+            let (sql, author) = match &listing.author {
+                None => (LIST_POSTS.as_str(), None),
+                Some(author) => (LIST_AUTHOR_POSTS.as_str(), Some(author)),
+            };
+            let mut statement = conn.prepare_cached(sql)?;
+            // By name: `$4` comes first in the author's statement.
+            let mut named: Vec<(&str, &dyn ToSql)> =
+                vec![("$1", &time), ("$2", &id), ("$3", &listing.limit)];
+            if let Some(author) = author {
+                named.push(("$4", author));
+            }
+            let rows = statement.query_map(named.as_slice(), |row| {
+                Ok(ListedPost {
+                    post: post_record(row)?,
+                    total_size: row.get(8)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+/// Counts a read on the caller's thread against its task's budget, and
+/// gives the thread to other tasks when that is spent: such a read never
+/// waits, so a task reading in a loop would otherwise never let go of it.
+async fn yield_in_turn() {
+    tokio::task::coop::consume_budget().await;
+}
+
+/// A [`PostRecord`] from a row whose columns start with the post's.
+fn post_record(row: &Row<'_>) -> rusqlite::Result<PostRecord> {
+    Ok(PostRecord {
+        id: row.get(0)?,
+        title: row.get(1)?,
+        content: row.get(2)?,
+        create_time: Timestamp::from_micros(row.get(3)?),
+        update_time: Timestamp::from_micros(row.get(4)?),
+        author_id: row.get(5)?,
+        author_username: row.get(6)?,
+        author_avatar_url: row.get(7)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::CurrentUser;
+
+    use super::*;
+    use crate::{
+        domain::{Content, Title},
+        store::{Page, Store},
+    };
+
+    /// The hot reads answer on the caller's thread, and answer what the
+    /// usual way (a store over the same file without them) answers.
+    #[tokio::test]
+    async fn the_hot_reads_answer_on_the_callers_thread_as_the_usual_way_does() {
+        let db = testkit::TestDatabase::sqlite("posts");
+        let store = SqliteStore::connect(&db.url, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let pools = shared::db::open_sqlite(&db.url, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let usual = SqlStore::new(pools.read, pools.write, None);
+        let mut ids = Vec::new();
+        for (n, author) in [1, 2, 1, 1, 2, 1, 1].into_iter().enumerate() {
+            let caller = CurrentUser {
+                id: author,
+                username: format!("author-{author}"),
+                session_id: format!("session-{author}"),
+                expires_at: i64::MAX,
+            };
+            let title = Title::parse(format!("post {n}")).unwrap();
+            let content = Content::parse(format!("body {n}")).unwrap();
+            ids.push(
+                store
+                    .create_post(&caller, &title, &content)
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let inline = store.inline.as_ref().expect("an SQLite store reads inline");
+
+        for id in ids.iter().copied().chain([0, 999]) {
+            let here = inline
+                .post(id)
+                .await
+                .expect("answered on the caller's thread");
+            assert_eq!(here, usual.post(id).await.unwrap(), "post {id}");
+        }
+        for author in [None, Some(1), Some(2), Some(3)] {
+            let mut after = None;
+            loop {
+                let listing = Listing {
+                    author,
+                    after,
+                    limit: 2,
+                };
+                let here = inline
+                    .page(&listing)
+                    .await
+                    .expect("answered on the caller's thread");
+                let Page { posts, total_size } = usual.list_posts(listing).await.unwrap();
+                assert_eq!(
+                    here.iter().map(|row| &row.post).collect::<Vec<_>>(),
+                    posts.iter().collect::<Vec<_>>(),
+                    "{listing:?}"
+                );
+                assert!(here.iter().all(|row| row.total_size == total_size));
+                match posts.last() {
+                    Some(last) => after = Some((last.create_time, last.id)),
+                    None => break,
+                }
+            }
+        }
     }
 }
