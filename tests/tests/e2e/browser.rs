@@ -30,6 +30,9 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The session is ended first, which closes the browser: killed
+        // alone, ChromeDriver would leave its Chromium running.
+        self.end_session();
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
@@ -117,6 +120,26 @@ impl Driver {
             )
             .await;
         Some(driver)
+    }
+
+    /// Ends the browser session, waiting (a bounded time) for ChromeDriver
+    /// to close the browser. Plain blocking HTTP: it runs from `drop`.
+    fn end_session(&self) {
+        use std::io::{Read, Write};
+        let Some(address) = self.base.strip_prefix("http://") else {
+            return;
+        };
+        let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+            return;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!(
+            "DELETE /session/{} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.session
+        );
+        if stream.write_all(request.as_bytes()).is_ok() {
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
     }
 
     async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
