@@ -88,12 +88,13 @@ pub fn line_chart(title: &str, x: &XAxis, y_label: &str, series: &[Series]) -> S
             }
         }
         XAxis::Steps(labels) => {
+            // Slanted, so that many steps' labels do not run together.
+            let yv = TOP + plot_h + 14.0;
             for (i, label) in labels.iter().enumerate() {
                 let xv = px(i as f64);
                 let _ = write!(
                     svg,
-                    r#"<text x="{xv:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                    TOP + plot_h + 18.0,
+                    r#"<text x="{xv:.1}" y="{yv:.1}" text-anchor="end" transform="rotate(-30 {xv:.1} {yv:.1})">{}</text>"#,
                     escape(label)
                 );
             }
