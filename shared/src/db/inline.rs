@@ -168,19 +168,37 @@ impl Drop for Lent<'_> {
 mod tests {
     use super::*;
 
-    /// A new database file with a table `t (x)` of one row, and its path.
-    fn database() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "blog-inline-{}",
-            crate::ids::hex(&crate::ids::unique_bytes::<8>())
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("t.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "journal_mode", "wal").unwrap();
-        conn.execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1)")
-            .unwrap();
-        path
+    /// A new database file with a table `t (x)` of one row, removed with
+    /// its directory when dropped.
+    struct Database(PathBuf);
+
+    impl Database {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "blog-inline-{}",
+                crate::ids::hex(&crate::ids::unique_bytes::<8>())
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("t.db");
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "wal").unwrap();
+            conn.execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1)")
+                .unwrap();
+            Self(path)
+        }
+
+        /// Up to `max` connections for reads on this thread.
+        fn reads(&self, max: u32) -> InlineReads {
+            InlineReads::new(&self.0, max)
+        }
+    }
+
+    impl Drop for Database {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
     }
 
     fn count(conn: &Connection) -> rusqlite::Result<i64> {
@@ -189,18 +207,17 @@ mod tests {
 
     #[test]
     fn a_read_reuses_its_connection() {
-        let path = database();
-        let reads = InlineReads::new(&path, 2);
+        let db = Database::new();
+        let reads = db.reads(2);
         assert_eq!(reads.read(count), Some(1));
         assert_eq!(reads.read(count), Some(1));
         assert_eq!(reads.status(), (1, 1));
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
     fn no_more_than_max_connections_open_and_the_next_read_is_left_to_the_caller() {
-        let path = database();
-        let reads = InlineReads::new(&path, 2);
+        let db = Database::new();
+        let reads = db.reads(2);
         let nested = reads.read(|_| {
             Ok(reads.read(|_| {
                 // Both connections are in use: a third read is not done.
@@ -209,37 +226,34 @@ mod tests {
         });
         assert_eq!(nested, Some(Some((None, (2, 0)))));
         assert_eq!(reads.status(), (2, 2));
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
     fn a_failed_read_closes_its_connection_and_the_caller_takes_the_usual_way() {
-        let path = database();
-        let reads = InlineReads::new(&path, 2);
+        let db = Database::new();
+        let reads = db.reads(2);
         let failed = reads.read(|conn| conn.query_row("SELECT * FROM missing", [], |_| Ok(())));
         assert_eq!(failed, None);
         assert_eq!(reads.status(), (0, 0));
         assert_eq!(reads.read(count), Some(1));
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
     fn these_connections_never_write() {
-        let path = database();
-        let reads = InlineReads::new(&path, 1);
+        let db = Database::new();
+        let reads = db.reads(1);
         let wrote = reads.read(|conn| conn.execute("INSERT INTO t VALUES (2)", []));
         assert_eq!(wrote, None);
         assert_eq!(reads.read(count), Some(1));
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]
     fn a_read_that_would_wait_is_left_to_the_caller_and_keeps_its_connection() {
-        let path = database();
-        let reads = InlineReads::new(&path, 1);
+        let db = Database::new();
+        let reads = db.reads(1);
         // An exclusive lock keeps even WAL readers out (taken first: an
         // open connection would keep it from being taken).
-        let other = Connection::open(&path).unwrap();
+        let other = Connection::open(&db.0).unwrap();
         other
             .execute_batch(
                 "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; INSERT INTO t VALUES (2)",
@@ -250,6 +264,5 @@ mod tests {
         other.execute_batch("COMMIT").unwrap();
         drop(other);
         assert_eq!(reads.read(count), Some(2));
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
