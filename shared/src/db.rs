@@ -216,8 +216,9 @@ pub async fn open_sqlite(url: &str, acquire_timeout: Duration) -> Result<SqliteP
     // The file holds password hashes and signing keys: only this user may
     // read it. SQLite gives its journal files the database file's mode.
     create_private_file(options.get_filename())?;
-    let inline = InlineReads::new(options.get_filename(), sqlite_readers());
-    let read = Connections::<sqlx::Sqlite>::new(options.clone(), sqlite_readers(), acquire_timeout);
+    let readers = sqlite_readers();
+    let inline = InlineReads::new(options.get_filename(), readers);
+    let read = Connections::<sqlx::Sqlite>::new(options.clone(), readers, acquire_timeout);
     let write = Connections::<sqlx::Sqlite>::new(options, 1, acquire_timeout);
     // Opened now, so a file that cannot be opened fails the start.
     write.get().await?.end(None).await;

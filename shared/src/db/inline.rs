@@ -13,32 +13,27 @@
 //! takes the usual way, which may wait off this thread. Any other failure
 //! is left to the usual way too, which reports it. So what runs on the
 //! caller's thread is only ever the read itself. Since it never waits, it
-//! never lets the thread go either: an async caller counts each read
-//! against its task's budget (`tokio::task::coop::consume_budget`), or a
-//! task that reads in a loop would keep its thread from every other task.
+//! never lets the thread go either: each read is counted against the
+//! task's budget, and the task yields when that is spent, or a task that
+//! reads in a loop would keep its thread from every other task.
 
 use std::{
     path::PathBuf,
-    sync::{
-        Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::{Mutex, MutexGuard, TryLockError},
     time::Duration,
 };
 
 use rusqlite::{Connection, OpenFlags, config::DbConfig};
 
-/// Connections to an SQLite file for reads on the caller's thread; at most
-/// `max` are open, each used by one read at a time.
+/// Connections to an SQLite file for reads on the caller's thread: a fixed
+/// number of slots, each holding a connection (opened when a read first
+/// needs it) that one read at a time may lock.
 pub struct InlineReads {
     /// The database file, created and migrated by the writer beforehand.
     path: PathBuf,
-    /// How many connections may be open at once.
-    max: u32,
-    /// How many are open, in use or idle.
-    open: AtomicU32,
-    /// Connections between reads.
-    idle: Mutex<Vec<Connection>>,
+    /// One per connection that may be open; `None` until opened, and again
+    /// once closed after a failed read.
+    slots: Box<[Mutex<Option<Connection>>]>,
 }
 
 impl InlineReads {
@@ -47,64 +42,46 @@ impl InlineReads {
     pub fn new(path: impl Into<PathBuf>, max: u32) -> Self {
         Self {
             path: path.into(),
-            max,
-            open: AtomicU32::new(0),
-            idle: Mutex::new(Vec::new()),
+            slots: (0..max).map(|_| Mutex::new(None)).collect(),
         }
     }
 
     /// Runs `read` on a connection of its own, on this thread, and returns
     /// what it read; `None` if it was not done here: every connection was
     /// in use, SQLite was busy, or the read failed (the connection it
-    /// failed on is closed).
-    pub fn read<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
-        let lent = self.lend()?;
-        match read(lent.conn()) {
-            Ok(found) => Some(found),
-            Err(e) => {
-                if !is_busy(&e) {
-                    tracing::debug!(error = %e, "a read on the caller's thread failed");
-                    lent.close();
-                }
-                None
-            }
-        }
+    /// failed on is closed). Yields first if the task's budget is spent.
+    pub async fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Option<T> {
+        tokio::task::coop::consume_budget().await;
+        self.read_now(read)
     }
 
-    /// How many connections are open, and how many of them are idle.
-    pub fn status(&self) -> (u32, u32) {
-        let idle = self.idle.lock().expect("idle list lock").len() as u32;
-        (self.open.load(Ordering::Acquire), idle)
-    }
-
-    /// An idle connection, or a new one if fewer than `max` are open.
-    fn lend(&self) -> Option<Lent<'_>> {
-        if let Some(conn) = self.idle.lock().expect("idle list lock").pop() {
-            return Some(Lent {
-                reads: self,
-                conn: Some(conn),
-            });
+    /// [`InlineReads::read`], without the budget.
+    fn read_now<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
+        let mut slot = self.slots.iter().find_map(free)?;
+        if slot.is_none() {
+            *slot = self
+                .connect()
+                .inspect_err(|e| {
+                    tracing::debug!(error = %e, "cannot open a connection for reads on the caller's thread");
+                })
+                .ok();
         }
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < self.max).then_some(open + 1)
-            })
-            .ok()?;
-        // Counted from here: dropped, the lease gives the count back.
-        let mut lent = Lent {
-            reads: self,
-            conn: None,
-        };
-        match self.connect() {
-            Ok(conn) => {
-                lent.conn = Some(conn);
-                Some(lent)
+        let conn = slot.as_ref()?;
+        let found = read(conn);
+        match &found {
+            Err(e) if !is_busy(e) => {
+                tracing::debug!(error = %e, "a read on the caller's thread failed");
+                *slot = None;
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot open a connection for reads on the caller's thread");
-                None
-            }
+            // A read never leaves a transaction open; one that did is not
+            // lent again inside it.
+            _ if !conn.is_autocommit() => *slot = None,
+            _ => {}
         }
+        found.ok()
     }
 
     /// A connection that only reads, never waits, and keeps its query
@@ -122,46 +99,26 @@ impl InlineReads {
     }
 }
 
+/// `slot`, locked, unless a read holds it. A slot whose read panicked is
+/// taken with its connection closed: what that read left is unknown.
+fn free(slot: &Mutex<Option<Connection>>) -> Option<MutexGuard<'_, Option<Connection>>> {
+    match slot.try_lock() {
+        Ok(slot) => Some(slot),
+        Err(TryLockError::WouldBlock) => None,
+        Err(TryLockError::Poisoned(poisoned)) => {
+            let mut slot = poisoned.into_inner();
+            *slot = None;
+            Some(slot)
+        }
+    }
+}
+
 /// Whether `e` says SQLite would have had to wait.
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
     )
-}
-
-/// A connection lent to one read: given back when dropped, unless it was
-/// closed or is inside a transaction (which a read never leaves open).
-struct Lent<'a> {
-    /// Where it goes back to.
-    reads: &'a InlineReads,
-    /// The connection; `None` once closed.
-    conn: Option<Connection>,
-}
-
-impl Lent<'_> {
-    fn conn(&self) -> &Connection {
-        self.conn
-            .as_ref()
-            .expect("a lent connection until it is closed")
-    }
-
-    fn close(mut self) {
-        self.conn = None;
-    }
-}
-
-impl Drop for Lent<'_> {
-    fn drop(&mut self) {
-        match self.conn.take() {
-            Some(conn) if conn.is_autocommit() => {
-                self.reads.idle.lock().expect("idle list lock").push(conn);
-            }
-            _ => {
-                self.reads.open.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -201,50 +158,90 @@ mod tests {
         }
     }
 
+    /// How many connections are open, and how many of them are idle; a
+    /// slot a read holds counts as open.
+    fn status(reads: &InlineReads) -> (u32, u32) {
+        reads
+            .slots
+            .iter()
+            .fold((0, 0), |(open, idle), slot| match slot.try_lock() {
+                Ok(slot) if slot.is_some() => (open + 1, idle + 1),
+                Ok(_) => (open, idle),
+                Err(_) => (open + 1, idle),
+            })
+    }
+
     fn count(conn: &Connection) -> rusqlite::Result<i64> {
         conn.query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
+    }
+
+    /// A read never waits, so a task that only reads would never give its
+    /// thread back: each read counts against the task's budget instead.
+    #[tokio::test]
+    async fn a_task_reading_in_a_loop_lets_other_tasks_run() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        };
+        let db = Database::new();
+        let reads = db.reads(1);
+        let other_ran = Arc::new(AtomicBool::new(false));
+        // This runtime has one thread: the task runs only if the loop yields.
+        tokio::spawn({
+            let other_ran = Arc::clone(&other_ran);
+            async move { other_ran.store(true, Ordering::SeqCst) }
+        });
+        let mut done = 0;
+        while !other_ran.load(Ordering::SeqCst) && done < 10_000 {
+            assert_eq!(reads.read(count).await, Some(1));
+            done += 1;
+        }
+        assert!(
+            other_ran.load(Ordering::SeqCst),
+            "the other task never ran during {done} reads"
+        );
     }
 
     #[test]
     fn a_read_reuses_its_connection() {
         let db = Database::new();
         let reads = db.reads(2);
-        assert_eq!(reads.read(count), Some(1));
-        assert_eq!(reads.read(count), Some(1));
-        assert_eq!(reads.status(), (1, 1));
+        assert_eq!(reads.read_now(count), Some(1));
+        assert_eq!(reads.read_now(count), Some(1));
+        assert_eq!(status(&reads), (1, 1));
     }
 
     #[test]
     fn no_more_than_max_connections_open_and_the_next_read_is_left_to_the_caller() {
         let db = Database::new();
         let reads = db.reads(2);
-        let nested = reads.read(|_| {
-            Ok(reads.read(|_| {
+        let nested = reads.read_now(|_| {
+            Ok(reads.read_now(|_| {
                 // Both connections are in use: a third read is not done.
-                Ok((reads.read(count), reads.status()))
+                Ok((reads.read_now(count), status(&reads)))
             }))
         });
         assert_eq!(nested, Some(Some((None, (2, 0)))));
-        assert_eq!(reads.status(), (2, 2));
+        assert_eq!(status(&reads), (2, 2));
     }
 
     #[test]
     fn a_failed_read_closes_its_connection_and_the_caller_takes_the_usual_way() {
         let db = Database::new();
         let reads = db.reads(2);
-        let failed = reads.read(|conn| conn.query_row("SELECT * FROM missing", [], |_| Ok(())));
+        let failed = reads.read_now(|conn| conn.query_row("SELECT * FROM missing", [], |_| Ok(())));
         assert_eq!(failed, None);
-        assert_eq!(reads.status(), (0, 0));
-        assert_eq!(reads.read(count), Some(1));
+        assert_eq!(status(&reads), (0, 0));
+        assert_eq!(reads.read_now(count), Some(1));
     }
 
     #[test]
     fn these_connections_never_write() {
         let db = Database::new();
         let reads = db.reads(1);
-        let wrote = reads.read(|conn| conn.execute("INSERT INTO t VALUES (2)", []));
+        let wrote = reads.read_now(|conn| conn.execute("INSERT INTO t VALUES (2)", []));
         assert_eq!(wrote, None);
-        assert_eq!(reads.read(count), Some(1));
+        assert_eq!(reads.read_now(count), Some(1));
     }
 
     #[test]
@@ -259,10 +256,10 @@ mod tests {
                 "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; INSERT INTO t VALUES (2)",
             )
             .unwrap();
-        assert_eq!(reads.read(count), None);
-        assert_eq!(reads.status(), (1, 1));
+        assert_eq!(reads.read_now(count), None);
+        assert_eq!(status(&reads), (1, 1));
         other.execute_batch("COMMIT").unwrap();
         drop(other);
-        assert_eq!(reads.read(count), Some(2));
+        assert_eq!(reads.read_now(count), Some(2));
     }
 }
