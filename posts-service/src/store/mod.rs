@@ -75,6 +75,15 @@ pub struct Listing {
     pub limit: i64,
 }
 
+impl Listing {
+    /// The `(create_time, id)` the page starts after: the given key, or one
+    /// past every post for the first page.
+    pub fn start(&self) -> (Timestamp, i64) {
+        self.after
+            .unwrap_or((Timestamp::from_micros(i64::MAX), i64::MAX))
+    }
+}
+
 /// A change from the auth-service, as the replica applies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicaChange {

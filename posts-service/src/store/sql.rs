@@ -265,6 +265,30 @@ where
         written
     }
 
+    /// A page of `listing` from the read connections, each row with the
+    /// total.
+    async fn page(&self, listing: Listing) -> Result<Vec<ListedPost>>
+    where
+        ListedPost: for<'r> FromRow<'r, DB::Row>,
+    {
+        let (time, id) = listing.start();
+        Ok(retry_read(|| async {
+            let query = match listing.author {
+                None => sqlx::query_as(LIST_POSTS.as_str())
+                    .bind(time)
+                    .bind(id)
+                    .bind(listing.limit),
+                Some(author) => sqlx::query_as(LIST_AUTHOR_POSTS.as_str())
+                    .bind(time)
+                    .bind(id)
+                    .bind(listing.limit)
+                    .bind(author),
+            };
+            lend!(self.read, |conn| query.fetch_all(conn))
+        })
+        .await?)
+    }
+
     async fn begin_write(&self) -> Result<Tx<DB>> {
         Ok(self.write.begin(DB::BEGIN_WRITE).await?)
     }
@@ -471,32 +495,13 @@ where
     }
 
     async fn list_posts(&self, listing: Listing) -> Result<Page> {
-        let (time, id) = listing
-            .after
-            .unwrap_or((Timestamp::from_micros(i64::MAX), i64::MAX));
         let inline = match &self.inline {
             Some(inline) => inline.page(&listing).await,
             None => None,
         };
-        let rows: Vec<ListedPost> = match inline {
+        let rows = match inline {
             Some(rows) => rows,
-            None => {
-                retry_read(|| async {
-                    let query = match listing.author {
-                        None => sqlx::query_as(LIST_POSTS.as_str())
-                            .bind(time)
-                            .bind(id)
-                            .bind(listing.limit),
-                        Some(author) => sqlx::query_as(LIST_AUTHOR_POSTS.as_str())
-                            .bind(time)
-                            .bind(id)
-                            .bind(listing.limit)
-                            .bind(author),
-                    };
-                    lend!(self.read, |conn| query.fetch_all(conn))
-                })
-                .await?
-            }
+            None => self.page(listing).await?,
         };
         let total_size = match rows.first() {
             Some(row) => row.total_size,

@@ -82,9 +82,7 @@ impl InlinePosts {
 
     /// A page of `listing`, each row with the total.
     pub(super) async fn page(&self, listing: &Listing) -> Option<Vec<ListedPost>> {
-        let (time, id) = listing
-            .after
-            .unwrap_or((Timestamp::from_micros(i64::MAX), i64::MAX));
+        let (time, id) = listing.start();
         let time = time.as_micros();
         self.0
             .read(|conn| {
