@@ -50,6 +50,7 @@ conformance!(
     posts_round_trip_with_their_author,
     a_profile_event_is_authoritative_over_the_token_name,
     listing_is_newest_first_and_resumes_after_a_key,
+    reads_asked_at_once_each_get_their_own_answer,
     only_the_author_updates_or_deletes,
     events_apply_once_and_advance_the_cursor,
     a_deleted_user_loses_posts_and_is_never_recreated,
@@ -230,6 +231,70 @@ async fn listing_is_newest_first_and_resumes_after_a_key(store: Arc<dyn Store>) 
     assert_eq!(store.count_posts(None).await.unwrap(), 5);
     assert_eq!(store.count_posts(Some(2)).await.unwrap(), 2);
     assert_eq!(store.count_posts(Some(3)).await.unwrap(), 0);
+}
+
+/// Many reads at once (the same post twice, posts that do not exist, the
+/// same page and different pages): however they are put together on the
+/// way to the database, each gets what it would have got alone.
+async fn reads_asked_at_once_each_get_their_own_answer(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(post_by(store.as_ref(), 1 + i % 3, "u", &format!("P{i}")).await);
+    }
+    let mut expected_posts = Vec::new();
+    for id in ids.iter().copied().chain([0, -1, 999_999]) {
+        expected_posts.push((id, store.post(id).await.unwrap()));
+    }
+    let all = first_page(store.as_ref()).await.posts;
+    let listings: Vec<Listing> = [None, Some(1), Some(2), Some(9)]
+        .into_iter()
+        .flat_map(|author| {
+            [None, Some((all[2].create_time, all[2].id))]
+                .into_iter()
+                .map(move |after| Listing {
+                    author,
+                    after,
+                    limit: 3,
+                })
+        })
+        .collect();
+    let mut expected_pages = Vec::new();
+    for listing in &listings {
+        expected_pages.push((*listing, store.list_posts(*listing).await.unwrap()));
+    }
+
+    for _ in 0..5 {
+        let posts = expected_posts
+            .iter()
+            .cycle()
+            .take(90)
+            .map(|(id, expected)| {
+                let store = store.clone();
+                let (id, expected) = (*id, expected.clone());
+                tokio::spawn(
+                    async move { assert_eq!(store.post(id).await.unwrap(), expected, "{id}") },
+                )
+            });
+        let pages = expected_pages
+            .iter()
+            .cycle()
+            .take(48)
+            .map(|(listing, expected)| {
+                let store = store.clone();
+                let (listing, expected) = (*listing, expected.clone());
+                tokio::spawn(async move {
+                    assert_eq!(
+                        store.list_posts(listing).await.unwrap(),
+                        expected,
+                        "{listing:?}"
+                    )
+                })
+            });
+        let reads: Vec<_> = posts.chain(pages).collect();
+        for read in futures::future::join_all(reads).await {
+            read.unwrap();
+        }
+    }
 }
 
 async fn only_the_author_updates_or_deletes(store: Arc<dyn Store>) {

@@ -6,6 +6,7 @@
 //! profiles, revoked sessions, deleted users, and the cursor of the last
 //! applied event, written in the same transaction as the event's effect.
 
+mod batch;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -55,7 +56,7 @@ pub struct Page {
 }
 
 /// A listed post with the count its statement computed once.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct ListedPost {
     /// The post.
     #[sqlx(flatten)]
@@ -65,7 +66,7 @@ pub(crate) struct ListedPost {
 }
 
 /// Which posts a listing covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Listing {
     /// Only this author's posts, or everyone's.
     pub author: Option<i64>,

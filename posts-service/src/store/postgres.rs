@@ -1,13 +1,18 @@
 //! The PostgreSQL backend: the shared SQL of [`super::sql`] over one set of connections.
 
-use std::{sync::LazyLock, time::Duration};
+use std::{collections::HashMap, sync::LazyLock, time::Duration};
 
-use shared::time::Timestamp;
+use shared::{
+    db::{Connections, retry_read},
+    lend,
+    time::Timestamp,
+};
 use sqlx::{PgConnection, Postgres};
 
 use super::{
-    PostRecord,
-    sql::{GroupError, GroupWrite, QueuedPost, RETURNING_POST, SqlStore},
+    ListedPost, Listing, PostRecord,
+    batch::Batches,
+    sql::{GroupError, GroupWrite, HotReads, POST_COLUMNS, QueuedPost, RETURNING_POST, SqlStore},
 };
 use crate::error::Result;
 
@@ -22,7 +27,90 @@ impl PgStore {
             .migrate(&sqlx::migrate!("./migrations/postgres"))
             .await
             .map_err(|e| anyhow::anyhow!("migrating the posts database: {e}"))?;
-        Ok(Self::new(connections.clone(), connections, None))
+        let batched = BatchedReads::new(&connections);
+        Ok(Self::new(
+            connections.clone(),
+            connections,
+            HotReads::Batched(batched),
+        ))
+    }
+}
+
+/// How many batches of each kind may be on their way at once: one, as
+/// one writer commits the groups of new posts. The calls that arrive while
+/// it is on its way make up the next batch. Measured against 2, 4 and 8
+/// lanes (BENCHMARKS.md), one answered the most calls: every lane more
+/// split the same calls into smaller batches, and each statement costs the
+/// server a wake-up and a round of protocol whatever its size.
+const READ_LANES: usize = 1;
+
+/// `GetPost` and `ListPosts` in batches: the server parses, plans and
+/// answers one statement for the posts of many calls, rather than one each,
+/// and calls for the same page share it.
+pub struct BatchedReads {
+    posts: Batches<i64, Option<PostRecord>>,
+    pages: Batches<Listing, Vec<ListedPost>>,
+}
+
+/// The posts whose ids are in `$1`, in no order.
+static GET_POSTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {POST_COLUMNS} FROM posts p JOIN authors a ON a.id = p.author_id \
+         WHERE p.id = ANY($1)"
+    )
+});
+
+impl BatchedReads {
+    fn new(read: &Connections<Postgres>) -> Self {
+        let posts = Batches::new(READ_LANES, {
+            let read = read.clone();
+            move |ids: Vec<i64>| {
+                let read = read.clone();
+                async move {
+                    let rows: Vec<PostRecord> = retry_read(|| async {
+                        lend!(read, |conn| sqlx::query_as(GET_POSTS.as_str())
+                            .bind(&ids)
+                            .fetch_all(conn))
+                    })
+                    .await?;
+                    let mut found: HashMap<i64, PostRecord> =
+                        rows.into_iter().map(|post| (post.id, post)).collect();
+                    Ok(ids.iter().map(|id| found.remove(id)).collect())
+                }
+            }
+        });
+        // Pages differ in their bounds: one statement each, side by side.
+        let pages = Batches::new(READ_LANES, {
+            let read = read.clone();
+            move |listings: Vec<Listing>| {
+                let read = read.clone();
+                async move {
+                    futures::future::try_join_all(
+                        listings
+                            .into_iter()
+                            .map(|listing| PgStore::page(&read, listing)),
+                    )
+                    .await
+                }
+            }
+        });
+        Self { posts, pages }
+    }
+
+    /// The post `id`, if there is one.
+    pub(super) async fn post(
+        &self,
+        id: i64,
+    ) -> std::result::Result<Option<PostRecord>, sqlx::Error> {
+        self.posts.get(id).await
+    }
+
+    /// A page of `listing`, each row with the total.
+    pub(super) async fn page(
+        &self,
+        listing: Listing,
+    ) -> std::result::Result<Vec<ListedPost>, sqlx::Error> {
+        self.pages.get(listing).await
     }
 }
 

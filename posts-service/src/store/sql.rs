@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ListedPost, Listing, Page, PostRecord, ReplicaChange, ReplicaSnapshot, RevocationSnapshot,
-    Store, sqlite::InlinePosts,
+    Store, batch::same_kind, postgres::BatchedReads, sqlite::InlinePosts,
 };
 use crate::{
     domain::{Content, Title},
@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The columns of a [`PostRecord`], from `posts p` joined with `authors a`.
-const POST_COLUMNS: &str = "p.id, p.title, p.content, p.create_time, p.update_time, p.author_id, \
+pub(super) const POST_COLUMNS: &str = "p.id, p.title, p.content, p.create_time, p.update_time, p.author_id, \
      a.username AS author_username, a.avatar_url AS author_avatar_url";
 
 // Writes with `RETURNING` are fetched with `fetch_all`, never
@@ -110,9 +110,23 @@ pub struct SqlStore<DB: Backend> {
     write: Connections<DB>,
     /// New posts, to the writer that commits them in groups.
     queue: mpsc::Sender<QueuedPost>,
-    /// The hot reads on the caller's own thread, where the backend can
-    /// (SQLite); the others, and any such read not done there, go to `read`.
-    pub(super) inline: Option<InlinePosts>,
+    /// How `GetPost` and `ListPosts` read.
+    pub(super) hot: HotReads,
+}
+
+/// How a store reads for `GetPost` and `ListPosts`, the calls a blog
+/// answers most.
+pub enum HotReads {
+    /// Each call a statement of its own on the read connections (tests
+    /// compare the others with this).
+    #[cfg(test)]
+    Pool,
+    /// On the caller's own thread (SQLite); a read not done there goes to
+    /// the read connections.
+    Inline(InlinePosts),
+    /// In batches (PostgreSQL): the calls that arrive while others are on
+    /// their way share a statement.
+    Batched(BatchedReads),
 }
 
 /// A post waiting for a writer, and who to tell once it has committed.
@@ -151,19 +165,6 @@ const MAX_GROUP: usize = 64;
 /// New posts waiting for a writer before `create_post` waits to queue.
 const QUEUE_DEPTH: usize = 1024;
 
-/// `e` again, for one more caller of a group it failed (a database error
-/// cannot be cloned): the same kind, so each caller gets the status it
-/// would have got alone (`UNAVAILABLE` for a lost or busy database,
-/// `INTERNAL` otherwise), with the cause kept for the log.
-fn same_kind(e: &sqlx::Error) -> sqlx::Error {
-    let cause = format!("writing a group of new posts: {e}");
-    if shared::db::is_unavailable(e) {
-        sqlx::Error::Io(std::io::Error::other(cause))
-    } else {
-        sqlx::Error::Protocol(cause)
-    }
-}
-
 impl<DB: GroupWrite> SqlStore<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -176,18 +177,14 @@ where
 {
     /// A store over these connections. New posts go to one writer task
     /// that commits them in groups (it stops when the store is dropped).
-    pub(super) fn new(
-        read: Connections<DB>,
-        write: Connections<DB>,
-        inline: Option<InlinePosts>,
-    ) -> Self {
+    pub(super) fn new(read: Connections<DB>, write: Connections<DB>, hot: HotReads) -> Self {
         let (queue, queued) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(Self::commit_in_groups(write.clone(), queued));
         Self {
             read,
             write,
             queue,
-            inline,
+            hot,
         }
     }
 
@@ -225,7 +222,9 @@ where
                 Err(GroupError::Transaction(e)) => {
                     tracing::warn!(error = %e, posts = group.len(), "a group of new posts failed");
                     for post in group.drain(..) {
-                        let _ = post.done.send(Err(same_kind(&e)));
+                        let _ = post
+                            .done
+                            .send(Err(same_kind(&e, "writing a group of new posts")));
                     }
                 }
                 Err(GroupError::Statement(e)) => {
@@ -265,14 +264,17 @@ where
         written
     }
 
-    /// A page of `listing` from the read connections, each row with the
+    /// A page of `listing` from the `read` connections, each row with the
     /// total.
-    async fn page(&self, listing: Listing) -> Result<Vec<ListedPost>>
+    pub(super) async fn page(
+        read: &Connections<DB>,
+        listing: Listing,
+    ) -> Result<Vec<ListedPost>, sqlx::Error>
     where
         ListedPost: for<'r> FromRow<'r, DB::Row>,
     {
         let (time, id) = listing.start();
-        Ok(retry_read(|| async {
+        retry_read(|| async {
             let query = match listing.author {
                 None => sqlx::query_as(LIST_POSTS.as_str())
                     .bind(time)
@@ -284,9 +286,9 @@ where
                     .bind(listing.limit)
                     .bind(author),
             };
-            lend!(self.read, |conn| query.fetch_all(conn))
+            lend!(read, |conn| query.fetch_all(conn))
         })
-        .await?)
+        .await
     }
 
     async fn begin_write(&self) -> Result<Tx<DB>> {
@@ -481,10 +483,15 @@ where
     }
 
     async fn post(&self, id: i64) -> Result<Option<PostRecord>> {
-        if let Some(inline) = &self.inline
-            && let Some(found) = inline.post(id).await
-        {
-            return Ok(found);
+        match &self.hot {
+            #[cfg(test)]
+            HotReads::Pool => {}
+            HotReads::Inline(inline) => {
+                if let Some(found) = inline.post(id).await {
+                    return Ok(found);
+                }
+            }
+            HotReads::Batched(batched) => return Ok(batched.post(id).await?),
         }
         Ok(retry_read(|| async {
             lend!(self.read, |conn| sqlx::query_as(GET_POST.as_str())
@@ -495,13 +502,15 @@ where
     }
 
     async fn list_posts(&self, listing: Listing) -> Result<Page> {
-        let inline = match &self.inline {
-            Some(inline) => inline.page(&listing).await,
-            None => None,
+        let found = match &self.hot {
+            #[cfg(test)]
+            HotReads::Pool => None,
+            HotReads::Inline(inline) => inline.page(&listing).await,
+            HotReads::Batched(batched) => Some(batched.page(listing).await?),
         };
-        let rows = match inline {
+        let rows = match found {
             Some(rows) => rows,
-            None => self.page(listing).await?,
+            None => Self::page(&self.read, listing).await?,
         };
         let total_size = match rows.first() {
             Some(row) => row.total_size,
@@ -695,25 +704,5 @@ where
             .execute(conn)
         })?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same_kind;
-
-    #[test]
-    fn each_caller_of_a_failed_group_gets_the_status_it_would_have_got_alone() {
-        let lost = sqlx::Error::Io(std::io::Error::other("connection reset"));
-        let broken = sqlx::Error::ColumnNotFound("id".into());
-        for (e, unavailable) in [
-            (lost, true),
-            (sqlx::Error::PoolTimedOut, true),
-            (broken, false),
-        ] {
-            let copy = same_kind(&e);
-            assert_eq!(shared::db::is_unavailable(&copy), unavailable, "{e}");
-            assert!(copy.to_string().contains(&e.to_string()), "{copy}");
-        }
     }
 }

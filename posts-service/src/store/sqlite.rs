@@ -14,7 +14,10 @@ use sqlx::{Connection, Sqlite, SqliteConnection};
 
 use super::{
     ListedPost, Listing, PostRecord,
-    sql::{GET_POST, GroupError, GroupWrite, LIST_AUTHOR_POSTS, LIST_POSTS, QueuedPost, SqlStore},
+    sql::{
+        GET_POST, GroupError, GroupWrite, HotReads, LIST_AUTHOR_POSTS, LIST_POSTS, QueuedPost,
+        SqlStore,
+    },
 };
 use crate::error::Result;
 
@@ -33,7 +36,7 @@ impl SqliteStore {
         Ok(Self::new(
             pools.read,
             pools.write,
-            Some(InlinePosts(pools.inline)),
+            HotReads::Inline(InlinePosts(pools.inline)),
         ))
     }
 }
@@ -146,7 +149,7 @@ mod tests {
         let pools = shared::db::open_sqlite(&db.url, Duration::from_secs(5))
             .await
             .unwrap();
-        let usual = SqlStore::new(pools.read, pools.write, None);
+        let usual = SqlStore::new(pools.read, pools.write, HotReads::Pool);
         let mut ids = Vec::new();
         for (n, author) in [1, 2, 1, 1, 2, 1, 1].into_iter().enumerate() {
             let caller = CurrentUser {
@@ -165,7 +168,9 @@ mod tests {
                     .id,
             );
         }
-        let inline = store.inline.as_ref().expect("an SQLite store reads inline");
+        let HotReads::Inline(inline) = &store.hot else {
+            panic!("an SQLite store reads on the caller's thread");
+        };
 
         for id in ids.iter().copied().chain([0, 999]) {
             let here = inline
