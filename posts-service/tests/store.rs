@@ -750,3 +750,20 @@ async fn the_sqlite_wal_stays_bounded_under_writes_and_constant_reads() {
         "the WAL reached {largest} bytes; the bound is {bound}"
     );
 }
+
+/// PostgreSQL plans each statement once per connection, whatever its
+/// parameters: without that it planned `id = ANY($1)` anew on every call.
+#[tokio::test]
+async fn postgres_connections_plan_each_statement_once() {
+    let Some(base) = testkit::postgres_base() else {
+        return testkit::skipped("TEST_DATABASE_URL", "PostgreSQL plan mode");
+    };
+    let db = TestDatabase::postgres(&base, "posts").await;
+    let connections = shared::db::open_postgres(&db.url, Duration::from_secs(5)).unwrap();
+    let mode: String = shared::lend!(connections, |conn| sqlx::query_scalar(
+        "SHOW plan_cache_mode"
+    )
+    .fetch_one(conn))
+    .unwrap();
+    assert_eq!(mode, "force_generic_plan");
+}

@@ -134,12 +134,20 @@ fn file_size(path: &Path) -> u64 {
 /// tested only after it sat idle ([`Backend::TEST_AFTER_IDLE`]), when the
 /// server may have dropped it unseen; one that breaks in use fails that call
 /// (reads are retried once, [`retry_read`]) and is closed.
+///
+/// Each statement is planned once per connection, whatever it is bound to
+/// (`plan_cache_mode`), as SQLite's are ([`stable_query_plans`]). Left to
+/// choose, the server plans a statement anew on every execution whenever
+/// its plan for the parameters' values looks cheaper than its plan for any
+/// value, which it always does for `id = ANY($1)`: planning then cost the
+/// server more than running the statement. Here the plan for any value is
+/// the plan: each statement finds its rows by key or reads an index in order.
 pub fn open_postgres(
     url: &str,
     acquire_timeout: Duration,
 ) -> Result<Connections<sqlx::Postgres>, sqlx::Error> {
     Ok(Connections::new(
-        PgConnectOptions::from_str(url)?,
+        PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_generic_plan")]),
         POSTGRES_CONNECTIONS,
         acquire_timeout,
     ))
