@@ -155,6 +155,8 @@ pub(super) fn same_kind(e: &sqlx::Error, doing: &str) -> sqlx::Error {
 mod tests {
     use std::{sync::Mutex, time::Duration};
 
+    use tokio::task::JoinHandle;
+
     use super::*;
 
     /// The keys of each batch fetched, in order.
@@ -199,19 +201,31 @@ mod tests {
         assert_eq!(*asked.lock().unwrap(), vec![vec![4], vec![5]]);
     }
 
-    #[tokio::test]
-    async fn reads_asked_while_the_lanes_are_busy_go_together_each_key_once() {
-        let gate = Arc::new(Semaphore::new(0));
+    /// Batches with one lane, held by a read of key 1 until `gate` opens;
+    /// that read's task to await.
+    async fn one_lane_held(
+        gate: &Arc<Semaphore>,
+    ) -> (
+        Arc<Batches<i64, i64>>,
+        Asked,
+        JoinHandle<Result<i64, sqlx::Error>>,
+    ) {
         let (batches, asked) = recorded(1, gate.clone());
         let batches = Arc::new(batches);
         let first = tokio::spawn({
             let batches = batches.clone();
             async move { batches.get(1).await }
         });
-        // The first read holds the only lane until the gate opens.
         while asked.lock().unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        (batches, asked, first)
+    }
+
+    #[tokio::test]
+    async fn reads_asked_while_the_lanes_are_busy_go_together_each_key_once() {
+        let gate = Arc::new(Semaphore::new(0));
+        let (batches, asked, first) = one_lane_held(&gate).await;
         let waiting: Vec<_> = [2, 3, 2, 2]
             .into_iter()
             .map(|key| {
@@ -250,15 +264,7 @@ mod tests {
     #[tokio::test]
     async fn a_caller_that_gave_up_is_not_read_for() {
         let gate = Arc::new(Semaphore::new(0));
-        let (batches, asked) = recorded(1, gate.clone());
-        let batches = Arc::new(batches);
-        let first = tokio::spawn({
-            let batches = batches.clone();
-            async move { batches.get(1).await }
-        });
-        while asked.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let (batches, asked, first) = one_lane_held(&gate).await;
         // Queued behind the busy lane, then abandoned.
         let gone = tokio::time::timeout(Duration::from_millis(10), batches.get(2)).await;
         assert!(gone.is_err());
