@@ -1,6 +1,10 @@
-//! Reads that arrive while others are on their way to the database wait
-//! for a free lane and then go together: one statement answers every caller
-//! of a batch, and callers asking the same thing share one answer.
+//! Reads that arrive while a batch is on its way to the database wait for
+//! the next one and then go together: one statement can answer every
+//! caller of a batch, and callers asking the same thing share one answer.
+//! One batch is on its way at a time, as one writer commits the groups of
+//! new posts: more at once split the same calls into smaller batches, and
+//! each statement costs the server about the same whatever its size
+//! (BENCHMARKS.md, "Reads in batches on PostgreSQL").
 //!
 //! A batch is sent only after each of its callers asked, so it reads a
 //! state at least as new as the one each caller could have read alone:
@@ -8,12 +12,12 @@
 
 use std::{collections::HashMap, hash::Hash, sync::Arc};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// The most callers one batch answers.
 const MAX_BATCH: usize = 64;
 
-/// Callers waiting for a lane before a new caller waits to queue.
+/// Callers waiting for the next batch before a new caller waits to queue.
 const QUEUE_DEPTH: usize = 1024;
 
 /// Batches of reads by key: `K` asked, `V` answered.
@@ -27,30 +31,30 @@ struct Ask<K, V> {
     answer: oneshot::Sender<Result<V, sqlx::Error>>,
 }
 
-/// Reads the values of distinct keys, in the keys' order.
-type Fetch<K, V> = Arc<
-    dyn Fn(Vec<K>) -> futures::future::BoxFuture<'static, Result<Vec<V>, sqlx::Error>>
-        + Send
-        + Sync,
->;
+/// What a batch read for each of its distinct keys, in the keys' order: a
+/// key that failed fails only its own callers.
+type Answers<V> = Vec<Result<V, sqlx::Error>>;
+
+/// Reads the values of distinct keys.
+type Fetch<K, V> =
+    Arc<dyn Fn(Vec<K>) -> futures::future::BoxFuture<'static, Answers<V>> + Send + Sync>;
 
 impl<K, V> Batches<K, V>
 where
     K: Eq + Hash + Clone + Send + 'static,
     V: Clone + Send + 'static,
 {
-    /// Batches answered by `fetch`, at most `lanes` at a time. While every
-    /// lane is busy, callers gather for the next batch; with a lane free, a
-    /// caller's read goes at once. The gathering task stops when this is
-    /// dropped.
-    pub(super) fn new<F, Fut>(lanes: usize, fetch: F) -> Self
+    /// Batches answered by `fetch`. While a batch is on its way, callers
+    /// gather for the next; with none on its way, a caller's read goes at
+    /// once. The gathering task stops when this is dropped.
+    pub(super) fn new<F, Fut>(fetch: F) -> Self
     where
         F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Vec<V>, sqlx::Error>> + Send + 'static,
+        Fut: Future<Output = Answers<V>> + Send + 'static,
     {
         let (queue, asks) = mpsc::channel(QUEUE_DEPTH);
         let fetch: Fetch<K, V> = Arc::new(move |keys| Box::pin(fetch(keys)));
-        tokio::spawn(gather(asks, Arc::new(Semaphore::new(lanes)), fetch));
+        tokio::spawn(gather(asks, fetch));
         Self { queue }
     }
 
@@ -65,34 +69,22 @@ where
     }
 }
 
-/// Takes a free lane, then every caller queued by then (up to
-/// [`MAX_BATCH`]), and answers them on that lane.
-async fn gather<K, V>(
-    mut asks: mpsc::Receiver<Ask<K, V>>,
-    lanes: Arc<Semaphore>,
-    fetch: Fetch<K, V>,
-) where
-    K: Eq + Hash + Clone + Send + 'static,
-    V: Clone + Send + 'static,
+/// Takes every caller queued (up to [`MAX_BATCH`]) and answers them; those
+/// who ask meanwhile make up the next batch.
+async fn gather<K, V>(mut asks: mpsc::Receiver<Ask<K, V>>, fetch: Fetch<K, V>)
+where
+    K: Eq + Hash + Clone,
+    V: Clone,
 {
-    loop {
-        let Ok(lane) = lanes.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = Vec::new();
-        if asks.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
-        }
-        let fetch = fetch.clone();
-        tokio::spawn(async move {
-            answer(batch, &fetch).await;
-            drop(lane);
-        });
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while asks.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        answer(&mut batch, &fetch).await;
     }
 }
 
-/// Reads each distinct key of `batch` once and gives every caller its value.
-async fn answer<K, V>(mut batch: Vec<Ask<K, V>>, fetch: &Fetch<K, V>)
+/// Reads each distinct key of `batch` once and gives every caller its
+/// value, leaving `batch` empty.
+async fn answer<K, V>(batch: &mut Vec<Ask<K, V>>, fetch: &Fetch<K, V>)
 where
     K: Eq + Hash + Clone,
     V: Clone,
@@ -114,26 +106,17 @@ where
         })
         .collect();
     let asked = keys.len();
-    match fetch(keys).await {
-        Ok(values) if values.len() == asked => {
-            for (ask, slot) in batch.into_iter().zip(slot_of) {
-                let _ = ask.answer.send(Ok(values[slot].clone()));
-            }
-        }
-        Ok(values) => {
-            let e = sqlx::Error::Protocol(format!(
+    let answers = fetch(keys).await;
+    for (ask, slot) in batch.drain(..).zip(slot_of) {
+        let answer = match answers.get(slot) {
+            Some(Ok(value)) => Ok(value.clone()),
+            Some(Err(e)) => Err(same_kind(e, "a batch of reads")),
+            None => Err(sqlx::Error::Protocol(format!(
                 "a batch of {asked} reads was answered with {} values",
-                values.len()
-            ));
-            for ask in batch {
-                let _ = ask.answer.send(Err(same_kind(&e, "a batch of reads")));
-            }
-        }
-        Err(e) => {
-            for ask in batch {
-                let _ = ask.answer.send(Err(same_kind(&e, "a batch of reads")));
-            }
-        }
+                answers.len()
+            ))),
+        };
+        let _ = ask.answer.send(answer);
     }
 }
 
@@ -155,7 +138,7 @@ pub(super) fn same_kind(e: &sqlx::Error, doing: &str) -> sqlx::Error {
 mod tests {
     use std::{sync::Mutex, time::Duration};
 
-    use tokio::task::JoinHandle;
+    use tokio::{sync::Semaphore, task::JoinHandle};
 
     use super::*;
 
@@ -163,19 +146,47 @@ mod tests {
     type Asked = Arc<Mutex<Vec<Vec<i64>>>>;
 
     /// Batches over a fetch that records what each batch asked for and
-    /// waits for `gate` before answering `key * 10`.
-    fn recorded(lanes: usize, gate: Arc<Semaphore>) -> (Batches<i64, i64>, Asked) {
+    /// waits for `gate` before answering `key * 10` (a negative key fails).
+    fn recorded(gate: Arc<Semaphore>) -> (Arc<Batches<i64, i64>>, Asked) {
         let asked = Arc::new(Mutex::new(Vec::new()));
         let log = asked.clone();
-        let batches = Batches::new(lanes, move |keys: Vec<i64>| {
+        let batches = Batches::new(move |keys: Vec<i64>| {
             let (log, gate) = (log.clone(), gate.clone());
             async move {
                 log.lock().unwrap().push(keys.clone());
                 gate.acquire().await.unwrap().forget();
-                Ok(keys.into_iter().map(|k| k * 10).collect())
+                keys.into_iter()
+                    .map(|k| match k {
+                        ..0 => Err(sqlx::Error::RowNotFound),
+                        _ => Ok(k * 10),
+                    })
+                    .collect()
             }
         });
-        (batches, asked)
+        (Arc::new(batches), asked)
+    }
+
+    /// `key`, asked from a task of its own.
+    fn ask(batches: &Arc<Batches<i64, i64>>, key: i64) -> JoinHandle<Result<i64, sqlx::Error>> {
+        let batches = batches.clone();
+        tokio::spawn(async move { batches.get(key).await })
+    }
+
+    /// Batches with a read of key 1 on its way until `gate` opens; that
+    /// read's task to await.
+    async fn one_batch_on_its_way(
+        gate: &Arc<Semaphore>,
+    ) -> (
+        Arc<Batches<i64, i64>>,
+        Asked,
+        JoinHandle<Result<i64, sqlx::Error>>,
+    ) {
+        let (batches, asked) = recorded(gate.clone());
+        let first = ask(&batches, 1);
+        while asked.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (batches, asked, first)
     }
 
     #[test]
@@ -194,45 +205,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_read_with_a_lane_free_goes_at_once_alone() {
-        let (batches, asked) = recorded(2, Arc::new(Semaphore::new(100)));
+    async fn a_read_with_no_batch_on_its_way_goes_at_once_alone() {
+        let (batches, asked) = recorded(Arc::new(Semaphore::new(100)));
         assert_eq!(batches.get(4).await.unwrap(), 40);
         assert_eq!(batches.get(5).await.unwrap(), 50);
         assert_eq!(*asked.lock().unwrap(), vec![vec![4], vec![5]]);
     }
 
-    /// Batches with one lane, held by a read of key 1 until `gate` opens;
-    /// that read's task to await.
-    async fn one_lane_held(
-        gate: &Arc<Semaphore>,
-    ) -> (
-        Arc<Batches<i64, i64>>,
-        Asked,
-        JoinHandle<Result<i64, sqlx::Error>>,
-    ) {
-        let (batches, asked) = recorded(1, gate.clone());
-        let batches = Arc::new(batches);
-        let first = tokio::spawn({
-            let batches = batches.clone();
-            async move { batches.get(1).await }
-        });
-        while asked.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        (batches, asked, first)
-    }
-
     #[tokio::test]
-    async fn reads_asked_while_the_lanes_are_busy_go_together_each_key_once() {
+    async fn reads_asked_while_a_batch_is_on_its_way_go_together_each_key_once() {
         let gate = Arc::new(Semaphore::new(0));
-        let (batches, asked, first) = one_lane_held(&gate).await;
-        let waiting: Vec<_> = [2, 3, 2, 2]
-            .into_iter()
-            .map(|key| {
-                let batches = batches.clone();
-                tokio::spawn(async move { batches.get(key).await })
-            })
-            .collect();
+        let (batches, asked, first) = one_batch_on_its_way(&gate).await;
+        let waiting: Vec<_> = [2, 3, 2, 2].map(|key| ask(&batches, key)).into();
         tokio::time::sleep(Duration::from_millis(20)).await;
         gate.add_permits(2);
         assert_eq!(first.await.unwrap().unwrap(), 10);
@@ -245,27 +229,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_key_that_failed_fails_only_its_own_callers() {
+        let gate = Arc::new(Semaphore::new(0));
+        let (batches, asked, first) = one_batch_on_its_way(&gate).await;
+        let waiting: Vec<_> = [2, -1, 3, -1].map(|key| ask(&batches, key)).into();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gate.add_permits(2);
+        assert_eq!(first.await.unwrap().unwrap(), 10);
+        let mut answers = Vec::new();
+        for read in waiting {
+            answers.push(read.await.unwrap().ok());
+        }
+        assert_eq!(answers, vec![Some(20), None, Some(30), None]);
+        assert_eq!(*asked.lock().unwrap(), vec![vec![1], vec![2, -1, 3]]);
+    }
+
+    #[tokio::test]
     async fn a_failed_batch_fails_each_caller_with_its_kind() {
-        let batches: Batches<i64, i64> = Batches::new(1, |_keys: Vec<i64>| async {
-            Err(sqlx::Error::PoolTimedOut)
+        let batches: Batches<i64, i64> = Batches::new(|keys: Vec<i64>| async move {
+            keys.iter()
+                .map(|_| Err(sqlx::Error::PoolTimedOut))
+                .collect()
         });
         let e = batches.get(1).await.unwrap_err();
         assert!(shared::db::is_unavailable(&e), "{e}");
-        let batches: Batches<i64, i64> =
-            Batches::new(1, |_keys: Vec<i64>| async { Err(sqlx::Error::RowNotFound) });
+        let batches: Batches<i64, i64> = Batches::new(|keys: Vec<i64>| async move {
+            keys.iter().map(|_| Err(sqlx::Error::RowNotFound)).collect()
+        });
         let e = batches.get(1).await.unwrap_err();
         assert!(!shared::db::is_unavailable(&e), "{e}");
         // An answer that does not fit its keys is an error, not a panic.
-        let batches: Batches<i64, i64> =
-            Batches::new(1, |_keys: Vec<i64>| async { Ok(Vec::new()) });
+        let batches: Batches<i64, i64> = Batches::new(|_keys: Vec<i64>| async { Vec::new() });
         assert!(batches.get(1).await.is_err());
     }
 
     #[tokio::test]
     async fn a_caller_that_gave_up_is_not_read_for() {
         let gate = Arc::new(Semaphore::new(0));
-        let (batches, asked, first) = one_lane_held(&gate).await;
-        // Queued behind the busy lane, then abandoned.
+        let (batches, asked, first) = one_batch_on_its_way(&gate).await;
+        // Queued behind the batch on its way, then abandoned.
         let gone = tokio::time::timeout(Duration::from_millis(10), batches.get(2)).await;
         assert!(gone.is_err());
         gate.add_permits(2);

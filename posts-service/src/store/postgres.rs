@@ -11,7 +11,7 @@ use sqlx::{PgConnection, Postgres};
 
 use super::{
     ListedPost, Listing, PostRecord,
-    batch::Batches,
+    batch::{Batches, same_kind},
     sql::{GroupError, GroupWrite, HotReads, POST_COLUMNS, QueuedPost, RETURNING_POST, SqlStore},
 };
 use crate::error::Result;
@@ -36,14 +36,6 @@ impl PgStore {
     }
 }
 
-/// How many batches of each kind may be on their way at once: one, as
-/// one writer commits the groups of new posts. The calls that arrive while
-/// it is on its way make up the next batch. Measured against 2, 4 and 8
-/// lanes (BENCHMARKS.md), one answered the most calls: every lane more
-/// split the same calls into smaller batches, and each statement costs the
-/// server a wake-up and a round of protocol whatever its size.
-const READ_LANES: usize = 1;
-
 /// `GetPost` and `ListPosts` in batches: the server parses, plans and
 /// answers one statement for the posts of many calls, rather than one each,
 /// and calls for the same page share it.
@@ -62,30 +54,41 @@ static GET_POSTS: LazyLock<String> = LazyLock::new(|| {
 
 impl BatchedReads {
     fn new(read: &Connections<Postgres>) -> Self {
-        let posts = Batches::new(READ_LANES, {
+        let posts = Batches::new({
             let read = read.clone();
             move |ids: Vec<i64>| {
                 let read = read.clone();
                 async move {
-                    let rows: Vec<PostRecord> = retry_read(|| async {
+                    let rows: Vec<PostRecord> = match retry_read(|| async {
                         lend!(read, |conn| sqlx::query_as(GET_POSTS.as_str())
                             .bind(&ids)
                             .fetch_all(conn))
                     })
-                    .await?;
+                    .await
+                    {
+                        Ok(rows) => rows,
+                        // One statement for all: each caller gets its error.
+                        Err(e) => {
+                            return ids
+                                .iter()
+                                .map(|_| Err(same_kind(&e, "reading posts")))
+                                .collect();
+                        }
+                    };
                     let mut found: HashMap<i64, PostRecord> =
                         rows.into_iter().map(|post| (post.id, post)).collect();
-                    Ok(ids.iter().map(|id| found.remove(id)).collect())
+                    ids.iter().map(|id| Ok(found.remove(id))).collect()
                 }
             }
         });
-        // Pages differ in their bounds: one statement each, side by side.
-        let pages = Batches::new(READ_LANES, {
+        // Pages differ in their bounds: one statement each, side by side, so
+        // a page that fails fails only its own callers.
+        let pages = Batches::new({
             let read = read.clone();
             move |listings: Vec<Listing>| {
                 let read = read.clone();
                 async move {
-                    futures::future::try_join_all(
+                    futures::future::join_all(
                         listings
                             .into_iter()
                             .map(|listing| PgStore::page(&read, listing)),
