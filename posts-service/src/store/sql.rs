@@ -117,10 +117,6 @@ pub struct SqlStore<DB: Backend> {
 /// How a store reads for `GetPost` and `ListPosts`, the calls a blog
 /// answers most.
 pub enum HotReads {
-    /// Each call a statement of its own on the read connections (tests
-    /// compare the others with this).
-    #[cfg(test)]
-    Pool,
     /// On the caller's own thread (SQLite); a read not done there goes to
     /// the read connections.
     Inline(InlinePosts),
@@ -262,6 +258,19 @@ where
         })
         .await;
         written
+    }
+
+    /// The post `id` from the `read` connections, if there is one.
+    pub(super) async fn post_from(
+        read: &Connections<DB>,
+        id: i64,
+    ) -> Result<Option<PostRecord>, sqlx::Error> {
+        retry_read(|| async {
+            lend!(read, |conn| sqlx::query_as(GET_POST.as_str())
+                .bind(id)
+                .fetch_optional(conn))
+        })
+        .await
     }
 
     /// A page of `listing` from the `read` connections, each row with the
@@ -484,8 +493,6 @@ where
 
     async fn post(&self, id: i64) -> Result<Option<PostRecord>> {
         match &self.hot {
-            #[cfg(test)]
-            HotReads::Pool => {}
             HotReads::Inline(inline) => {
                 if let Some(found) = inline.post(id).await {
                     return Ok(found);
@@ -493,18 +500,11 @@ where
             }
             HotReads::Batched(batched) => return Ok(batched.post(id).await?),
         }
-        Ok(retry_read(|| async {
-            lend!(self.read, |conn| sqlx::query_as(GET_POST.as_str())
-                .bind(id)
-                .fetch_optional(conn))
-        })
-        .await?)
+        Ok(Self::post_from(&self.read, id).await?)
     }
 
     async fn list_posts(&self, listing: Listing) -> Result<Page> {
         let found = match &self.hot {
-            #[cfg(test)]
-            HotReads::Pool => None,
             HotReads::Inline(inline) => inline.page(&listing).await,
             HotReads::Batched(batched) => Some(batched.page(listing).await?),
         };
