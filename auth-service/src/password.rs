@@ -14,7 +14,9 @@
 //! the kernel each time, and faulting in and zeroing 19 MiB cost a fifth of
 //! a login. The threads also run at a lower scheduling priority, so that on
 //! a busy machine cheap calls (reads, token checks) go first and a login
-//! flood slows logins, not everything else.
+//! flood slows logins, not everything else; and while a hash runs, its
+//! thread offers its core back every millisecond ([`turns`]), so that a
+//! cheap call waits for at most that long behind a hash.
 
 use std::{
     cell::RefCell,
@@ -30,10 +32,13 @@ use argon2::{
 };
 use tokio::sync::oneshot;
 
+use self::turns::{TURN, Turns};
 use crate::{
     domain::Password,
     error::{Error, Result},
 };
+
+mod turns;
 
 /// argon2id, m=19456 KiB, t=2, p=1 (OWASP password storage cheat sheet).
 const PARAMS: (u32, u32, u32) = (19_456, 2, 1);
@@ -234,8 +239,8 @@ impl Work {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs jobs until closed.
-    fn serve(&self) {
+    /// Runs jobs until closed, each under `turns` if there are any.
+    fn serve(&self, turns: Option<&Turns>) {
         loop {
             let job = {
                 let mut queues = self.lock();
@@ -249,7 +254,10 @@ impl Work {
                     queues = self.ready.wait(queues).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            job();
+            match turns {
+                Some(turns) => turns.during(job),
+                None => job(),
+            }
         }
     }
 }
@@ -293,7 +301,8 @@ impl Passwords {
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
                     lower_this_threads_priority();
-                    work.serve();
+                    let turns = Turns::for_this_thread(TURN);
+                    work.serve(turns.as_ref());
                 })
                 .expect("starting a password hashing thread");
         }
