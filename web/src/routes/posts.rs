@@ -17,7 +17,7 @@ use proto::{
     },
 };
 
-use super::{Field, FormView, Plain, form_page, format_time, internal, is_form_error};
+use super::{Field, FormView, Moment, Plain, form_page, internal, is_form_error};
 use crate::{Shared, error::PageError, error::encode_component, visitor::Nav, visitor::Visitor};
 
 /// Posts per page.
@@ -30,32 +30,52 @@ pub struct PostView {
     id: i64,
     title: String,
     content: String,
-    excerpt: String,
+    /// Where the listing's excerpt of `content` ends, if before the end.
+    excerpt_end: Option<usize>,
     author: String,
     author_id: i64,
     avatar_url: String,
-    time: String,
-    iso_time: String,
+    time: Moment,
 }
 
 impl From<Post> for PostView {
     fn from(post: Post) -> Self {
-        let (time, iso_time) = format_time(post.create_time.as_ref());
         let author = post.author.unwrap_or_default();
-        let mut excerpt: String = post.content.chars().take(EXCERPT_CHARS).collect();
-        if excerpt.len() < post.content.len() {
-            excerpt.push('…');
-        }
+        let excerpt_end = post
+            .content
+            .char_indices()
+            .nth(EXCERPT_CHARS)
+            .map(|(end, _)| end);
         Self {
             id: post.id,
             title: post.title,
             content: post.content,
-            excerpt,
+            excerpt_end,
             author: author.username,
             author_id: author.id,
             avatar_url: author.avatar_url,
-            time,
-            iso_time,
+            time: Moment::of(post.create_time.as_ref()),
+        }
+    }
+}
+
+impl PostView {
+    /// The first [`EXCERPT_CHARS`] characters of the post, with an
+    /// ellipsis when there is more.
+    fn excerpt(&self) -> impl std::fmt::Display + '_ {
+        struct Excerpt<'a>(&'a str, bool);
+        impl std::fmt::Display for Excerpt<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)?;
+                if self.1 {
+                    f.write_str("…")?;
+                }
+                Ok(())
+            }
+        }
+        match self.excerpt_end {
+            Some(end) => Excerpt(&self.content[..end], true),
+            None => Excerpt(&self.content, false),
         }
     }
 }
@@ -337,4 +357,45 @@ pub fn parse_id(raw: &str) -> Result<i64, PageError> {
         .ok()
         .filter(|id| *id > 0)
         .ok_or(PageError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(content: &str) -> PostView {
+        PostView::from(Post {
+            content: content.to_owned(),
+            ..Post::default()
+        })
+    }
+
+    #[test]
+    fn a_listing_shows_the_first_characters_of_a_long_post() {
+        let long = "é".repeat(EXCERPT_CHARS + 1);
+        let excerpt = view(&long).excerpt().to_string();
+        assert_eq!(excerpt.chars().count(), EXCERPT_CHARS + 1);
+        assert_eq!(excerpt, format!("{}…", "é".repeat(EXCERPT_CHARS)));
+        let exact = "é".repeat(EXCERPT_CHARS);
+        assert_eq!(view(&exact).excerpt().to_string(), exact);
+        assert_eq!(view("").excerpt().to_string(), "");
+    }
+
+    #[test]
+    fn a_listing_escapes_what_it_shows() {
+        let page = HomePage {
+            nav: Nav {
+                user: None,
+                csrf: String::new(),
+            },
+            posts: vec![view("<script>alert(1)</script>")],
+            next_page: None,
+        };
+        let html = page.render().expect("the page renders");
+        assert!(
+            html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"),
+            "{html}"
+        );
+        assert!(!html.contains("<script>"), "{html}");
+    }
 }
