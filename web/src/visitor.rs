@@ -1,7 +1,8 @@
 //! Who is asking: the session from the cookie (a fresh one for a first
-//! visit), with an access token about to expire exchanged for a new pair
-//! before the handler runs. A handler hands its response back through
-//! [`Visitor::respond`], which stores the session if it changed.
+//! visit, stored only if the page has a form), with an access token about
+//! to expire exchanged for a new pair before the handler runs. A handler
+//! hands its response back through [`Visitor::respond`], which stores the
+//! session if it changed.
 
 use std::{convert::Infallible, net::SocketAddr};
 
@@ -43,6 +44,8 @@ pub struct Visitor {
     pub session: Session,
     /// Whether the cookie must be written back.
     changed: bool,
+    /// Whether the session was started by this request (no cookie came).
+    fresh: bool,
     /// `(x-internal-token, x-forwarded-for)` to name the visitor's address
     /// to the auth-service, when the website has the internal token.
     forward: Option<(MetadataValue<Ascii>, MetadataValue<Ascii>)>,
@@ -64,6 +67,7 @@ impl FromRequestParts<Shared> for Visitor {
         let mut visitor = Self {
             session,
             changed,
+            fresh: changed,
             forward,
         };
         visitor.refresh_if_due(app).await;
@@ -115,6 +119,16 @@ impl Visitor {
             user: self.tokens().map(|t| (t.username.clone(), t.user_id)),
             csrf: self.session.csrf.clone(),
         }
+    }
+
+    /// What the header of a page without forms of its own needs. A first
+    /// visit to such a page starts no session: someone who only reads is
+    /// never given a cookie (nor is one sealed for them).
+    pub fn nav_for_reading(&mut self) -> Nav {
+        if self.fresh {
+            self.changed = false;
+        }
+        self.nav()
     }
 
     /// The form's CSRF token is this session's, or the request is refused.

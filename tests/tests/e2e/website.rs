@@ -322,7 +322,16 @@ async fn every_page_carries_the_security_headers_and_a_strict_session_cookie() {
     let stack = spawn_stack().await;
     let site = Site::start(&stack).await;
     let mut visitor = site.visitor();
-    let page = visitor.get("/").await;
+    // Reading starts no session: no cookie until a page has a form.
+    let home = visitor.get("/").await;
+    assert!(
+        home.headers.get("set-cookie").is_none(),
+        "{:?}",
+        home.headers
+    );
+    assert!(visitor.cookie.is_none());
+    assert!(home.headers.get("content-security-policy").is_some());
+    let page = visitor.get("/login").await;
     let header = |name| {
         page.headers
             .get(name)

@@ -117,12 +117,12 @@ pub struct Paging {
 /// `GET /`: the newest posts.
 pub async fn home(
     State(app): State<Shared>,
-    visitor: Visitor,
+    mut visitor: Visitor,
     Query(paging): Query<Paging>,
 ) -> Result<Response, PageError> {
     let (posts, next, _) = list(&app, &visitor, 0, paging.page_token).await?;
     let page = HomePage {
-        nav: visitor.nav(),
+        nav: visitor.nav_for_reading(),
         posts,
         next_page: next.map(|t| format!("/?page_token={}", encode_component(&t))),
     };
@@ -132,7 +132,7 @@ pub async fn home(
 /// `GET /users/{id}/posts`: one user's posts, with their name and picture.
 pub async fn by_user(
     State(app): State<Shared>,
-    visitor: Visitor,
+    mut visitor: Visitor,
     Path(id): Path<String>,
     Query(paging): Query<Paging>,
 ) -> Result<Response, PageError> {
@@ -144,7 +144,7 @@ pub async fn by_user(
         .into_inner();
     let (posts, next, total) = list(&app, &visitor, id, paging.page_token).await?;
     let page = UserPostsPage {
-        nav: visitor.nav(),
+        nav: visitor.nav_for_reading(),
         username: profile.username,
         avatar_url: profile.avatar_url,
         total,
@@ -188,7 +188,7 @@ async fn list(
 /// `GET /posts/{id}`.
 pub async fn show(
     State(app): State<Shared>,
-    visitor: Visitor,
+    mut visitor: Visitor,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let post = fetch(&app, &visitor, &id).await?;
@@ -196,7 +196,7 @@ pub async fn show(
         .tokens()
         .is_some_and(|t| post.author.as_ref().is_some_and(|a| a.id == t.user_id));
     let page = PostPage {
-        nav: visitor.nav(),
+        nav: visitor.nav_for_reading(),
         post: post.into(),
         mine,
     };
