@@ -64,11 +64,19 @@ mod linux {
     }
 
     /// The handler: give the core to whoever is waiting for it. Only
-    /// async-signal-safe work: a thread-local counter and a system call.
+    /// async-signal-safe work: a thread-local counter and a system call,
+    /// with `errno` as the interrupted code left it.
     extern "C" fn offer_the_core(_signal: c_int) {
         OFFERED.with(|offered| offered.fetch_add(1, Ordering::Relaxed));
-        // SAFETY: sched_yield takes nothing and is async-signal-safe.
-        unsafe { libc::sched_yield() };
+        // SAFETY: `__errno_location` gives this thread's errno, valid for
+        // the thread's life; sched_yield takes nothing and is
+        // async-signal-safe.
+        unsafe {
+            let errno = libc::__errno_location();
+            let saved = *errno;
+            libc::sched_yield();
+            *errno = saved;
+        }
     }
 
     /// Installs the handler once for the process. `false` when the signal
