@@ -32,7 +32,7 @@ use argon2::{
 };
 use tokio::sync::oneshot;
 
-use self::turns::{TURN, Turns};
+use self::turns::Turns;
 use crate::{
     domain::Password,
     error::{Error, Result},
@@ -301,7 +301,7 @@ impl Passwords {
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
                     lower_this_threads_priority();
-                    let turns = Turns::for_this_thread(TURN);
+                    let turns = Turns::for_this_thread();
                     work.serve(turns.as_ref());
                 })
                 .expect("starting a password hashing thread");

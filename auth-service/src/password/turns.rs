@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 /// How often a running hash offers its core back.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub const TURN: Duration = Duration::from_millis(1);
 
 #[cfg(target_os = "linux")]
@@ -29,7 +30,7 @@ pub enum Turns {}
 #[cfg(not(target_os = "linux"))]
 impl Turns {
     /// Never available here.
-    pub fn for_this_thread(_every: Duration) -> Option<Self> {
+    pub fn for_this_thread() -> Option<Self> {
         None
     }
 
@@ -47,8 +48,9 @@ mod linux {
             OnceLock,
             atomic::{AtomicU64, Ordering},
         },
-        time::Duration,
     };
+
+    use super::TURN;
 
     thread_local! {
         /// How many turns this thread has offered (read by the tests).
@@ -110,15 +112,14 @@ mod linux {
     /// thread.
     pub struct Turns {
         timer: libc::timer_t,
-        every: Duration,
         _not_send: std::marker::PhantomData<*const ()>,
     }
 
     impl Turns {
         /// A turn timer for the calling thread, or `None` if one cannot be
         /// made (then jobs simply run without turns).
-        pub fn for_this_thread(every: Duration) -> Option<Self> {
-            if every.is_zero() || !handler_installed() {
+        pub fn for_this_thread() -> Option<Self> {
+            if !handler_installed() {
                 return None;
             }
             // SAFETY: `event` is zeroed plain data with the fields the
@@ -139,7 +140,6 @@ mod linux {
                 }
                 Some(Self {
                     timer,
-                    every,
                     _not_send: std::marker::PhantomData,
                 })
             }
@@ -148,7 +148,7 @@ mod linux {
         /// Runs `job` with the timer armed, and disarms it after, also when
         /// `job` panics.
         pub fn during<T>(&self, job: impl FnOnce() -> T) -> T {
-            let interval = timespec(self.every);
+            let interval = timespec(TURN);
             self.set(libc::itimerspec {
                 it_interval: interval,
                 it_value: interval,
@@ -189,7 +189,7 @@ mod linux {
 
     impl Drop for Disarm<'_> {
         fn drop(&mut self) {
-            let zero = timespec(Duration::ZERO);
+            let zero = timespec(std::time::Duration::ZERO);
             self.0.set(libc::itimerspec {
                 it_interval: zero,
                 it_value: zero,
@@ -197,7 +197,7 @@ mod linux {
         }
     }
 
-    fn timespec(d: Duration) -> libc::timespec {
+    fn timespec(d: std::time::Duration) -> libc::timespec {
         libc::timespec {
             tv_sec: d.as_secs() as libc::time_t,
             tv_nsec: d.subsec_nanos().into(),
@@ -206,7 +206,10 @@ mod linux {
 
     #[cfg(test)]
     mod tests {
-        use std::time::Instant;
+        use std::{
+            sync::{Arc, atomic::AtomicBool},
+            time::{Duration, Instant},
+        };
 
         use super::*;
 
@@ -217,7 +220,7 @@ mod linux {
 
         #[test]
         fn a_running_job_is_offered_turns_and_the_timer_stops_after() {
-            let turns = Turns::for_this_thread(Duration::from_millis(1)).expect("a turn timer");
+            let turns = Turns::for_this_thread().expect("a turn timer");
             assert!(!turns.armed());
             let before = offered();
             let during = turns.during(|| {
@@ -235,7 +238,7 @@ mod linux {
 
         #[test]
         fn the_timer_stops_when_a_job_panics() {
-            let turns = Turns::for_this_thread(Duration::from_millis(1)).expect("a turn timer");
+            let turns = Turns::for_this_thread().expect("a turn timer");
             let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 turns.during(|| panic!("a job that fails"))
             }));
@@ -260,22 +263,32 @@ mod linux {
                     libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
                 }
             }
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let spinner = {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
+            /// Stops the spinner when dropped, also if the test fails, so
+            /// that no thread is left spinning on a core.
+            struct Spinner(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+            impl Drop for Spinner {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                    if let Some(thread) = self.1.take() {
+                        let _ = thread.join();
+                    }
+                }
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let spinner = Spinner(
+                stop.clone(),
+                Some(std::thread::spawn(move || {
                     pin_to_first_allowed_core();
                     while !stop.load(Ordering::Relaxed) {
                         std::hint::spin_loop();
                     }
-                })
-            };
+                })),
+            );
             pin_to_first_allowed_core();
-            let turns = Turns::for_this_thread(Duration::from_millis(1)).expect("a turn timer");
+            let turns = Turns::for_this_thread().expect("a turn timer");
             let before = offered();
             let hash = turns.during(|| crate::password::hash_here(b"a shared core"));
-            stop.store(true, Ordering::Relaxed);
-            spinner.join().expect("the spinner stops");
+            drop(spinner);
             let hash = hash.expect("the hash finishes");
             assert!(crate::password::verify_here(b"a shared core", &hash).expect("a valid hash"));
             assert!(offered() > before, "no turn offered on a shared core");
