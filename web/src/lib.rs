@@ -70,40 +70,67 @@ pub type Shared = Arc<App>;
 
 /// The website, bound and ready to serve.
 pub struct Website {
-    listener: tokio::net::TcpListener,
-    router: Router,
+    listener: std::net::TcpListener,
+    config: Config,
+    /// The internal token, checked once here so that `run` cannot fail on it.
+    internal_token: Option<tonic::metadata::AsciiMetadataValue>,
+    threads: usize,
 }
 
-impl Website {
-    /// Binds the address and prepares (lazy) channels to both services:
-    /// the site starts even while they are down, and shows 503 pages until
-    /// they answer.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+impl App {
+    /// The shared state of one serving thread, with (lazy) channels to both
+    /// services on that thread's runtime: the site starts even while they
+    /// are down, and shows 503 pages until they answer.
+    fn new(
+        config: &Config,
+        internal_token: Option<tonic::metadata::AsciiMetadataValue>,
+    ) -> anyhow::Result<Self> {
         let channel = |url: &str| -> anyhow::Result<Channel> {
             Ok(Endpoint::from_shared(url.to_owned())?
                 .connect_timeout(std::time::Duration::from_secs(2))
                 .timeout(std::time::Duration::from_secs(30))
                 .connect_lazy())
         };
-        let app =
-            Arc::new(App {
-                sealer: Sealer::new(&config.session_key, config.secure),
-                secure: config.secure,
-                internal_token: match &config.internal_token {
-                    Some(token) => Some(token.parse().map_err(|_| {
-                        anyhow::anyhow!("the internal token is not valid metadata")
-                    })?),
-                    None => None,
-                },
-                auth_channel: channel(&config.auth_url)?,
-                posts_channel: channel(&config.posts_url)?,
-            });
+        Ok(Self {
+            sealer: Sealer::new(&config.session_key, config.secure),
+            secure: config.secure,
+            internal_token,
+            auth_channel: channel(&config.auth_url)?,
+            posts_channel: channel(&config.posts_url)?,
+        })
+    }
+}
+
+impl Website {
+    /// Binds the address and checks the settings; nothing is served until
+    /// [`Website::run`].
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let internal_token = match &config.internal_token {
+            Some(token) => Some(
+                token
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("the internal token is not valid metadata"))?,
+            ),
+            None => None,
+        };
+        for url in [&config.auth_url, &config.posts_url] {
+            Endpoint::from_shared(url.clone())?;
+        }
         let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "website listening");
         Ok(Self {
-            listener,
-            router: router(app),
+            listener: listener.into_std()?,
+            config,
+            internal_token,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
+    }
+
+    /// Serves from `threads` threads instead of one per core.
+    #[must_use]
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 
     /// Where it listens.
@@ -112,17 +139,64 @@ impl Website {
     }
 
     /// Serves until `shutdown` resolves, then lets requests in flight end.
+    ///
+    /// One thread per core serves, each on a single-threaded runtime of its
+    /// own with its own connections to the services, all accepting on the
+    /// one listening socket. A page is a short chain of tasks (the page, a
+    /// gRPC call, its HTTP/2 connection); run in the order they became
+    /// ready, the calls of all the pages in progress on a thread leave in
+    /// one write. A work-stealing runtime runs the task just woken first, so
+    /// each call's headers and body went out in writes of their own.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await?;
-        Ok(())
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (ended, mut ends) = tokio::sync::mpsc::unbounded_channel();
+        for n in 0..self.threads {
+            let listener = self.listener.try_clone()?;
+            let (config, token) = (self.config.clone(), self.internal_token.clone());
+            let (mut stopped, ended) = (stopped.clone(), ended.clone());
+            std::thread::Builder::new()
+                .name(format!("web-{n}"))
+                .spawn(move || {
+                    let serving = || -> anyhow::Result<()> {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?;
+                        runtime.block_on(async move {
+                            let listener = tokio::net::TcpListener::from_std(listener)?;
+                            let app = Arc::new(App::new(&config, token)?);
+                            let service =
+                                router(app).into_make_service_with_connect_info::<SocketAddr>();
+                            axum::serve(listener, service)
+                                .with_graceful_shutdown(async move {
+                                    let _ = stopped.wait_for(|s| *s).await;
+                                })
+                                .await?;
+                            Ok(())
+                        })
+                    };
+                    let _ = ended.send(serving());
+                })?;
+        }
+        drop(ended);
+        // Until asked to stop, or until a thread stops on its own (which
+        // stops the rest: never half a website).
+        let mut outcome = tokio::select! {
+            () = shutdown => Ok(()),
+            end = ends.recv() => match end {
+                Some(Ok(())) | None => Err(anyhow::anyhow!("a website thread stopped on its own")),
+                Some(Err(e)) => Err(e),
+            },
+        };
+        let _ = stop.send(true);
+        while let Some(end) = ends.recv().await {
+            if let (Ok(()), Err(e)) = (&outcome, end) {
+                outcome = Err(e);
+            }
+        }
+        outcome
     }
 }
 
@@ -319,6 +393,30 @@ mod tests {
         );
         assert!(login.contains("; secure"), "{login}");
         assert!(head(addr, "/healthz").await.starts_with("http/1.1 200"));
+    }
+
+    #[tokio::test]
+    async fn every_serving_thread_answers_and_all_stop_when_asked() {
+        let config = Config::for_tests("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into());
+        let site = Website::build(config).await.unwrap().with_threads(3);
+        let addr = site.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(site.run(async {
+            let _ = stopped.await;
+        }));
+        // Enough connections that every thread takes some.
+        let heads = (0..30).map(|_| tokio::spawn(head(addr, "/healthz")));
+        for answer in heads {
+            let answer = answer.await.unwrap();
+            assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        }
+        stop.send(()).unwrap();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), running)
+            .await
+            .expect("every thread stops");
+        ended.unwrap().unwrap();
+        // No thread is left holding the socket open.
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 
     #[tokio::test]
