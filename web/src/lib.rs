@@ -396,7 +396,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_serving_thread_answers_and_all_stop_when_asked() {
+    async fn a_site_on_several_threads_answers_every_connection_and_stops_when_asked() {
         let config = Config::for_tests("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into());
         let site = Website::build(config).await.unwrap().with_threads(3);
         let addr = site.local_addr();
@@ -404,7 +404,8 @@ mod tests {
         let running = tokio::spawn(site.run(async {
             let _ = stopped.await;
         }));
-        // Enough connections that every thread takes some.
+        // Thirty connections at once, each taken by whichever thread
+        // accepts it first.
         let heads = (0..30).map(|_| tokio::spawn(head(addr, "/healthz")));
         for answer in heads {
             let answer = answer.await.unwrap();
