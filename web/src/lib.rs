@@ -71,33 +71,34 @@ pub type Shared = Arc<App>;
 /// The website, bound and ready to serve.
 pub struct Website {
     listener: std::net::TcpListener,
-    config: Config,
-    /// The internal token, checked once here so that `run` cannot fail on it.
-    internal_token: Option<tonic::metadata::AsciiMetadataValue>,
+    /// What each serving thread builds its [`App`] from, checked once here
+    /// so that `run` has nothing left to fail on.
+    parts: Parts,
     threads: usize,
+}
+
+/// The settings an [`App`] is made of, parsed.
+#[derive(Clone)]
+struct Parts {
+    session_key: [u8; 32],
+    secure: bool,
+    internal_token: Option<tonic::metadata::AsciiMetadataValue>,
+    auth: Endpoint,
+    posts: Endpoint,
 }
 
 impl App {
     /// The shared state of one serving thread, with (lazy) channels to both
     /// services on that thread's runtime: the site starts even while they
     /// are down, and shows 503 pages until they answer.
-    fn new(
-        config: &Config,
-        internal_token: Option<tonic::metadata::AsciiMetadataValue>,
-    ) -> anyhow::Result<Self> {
-        let channel = |url: &str| -> anyhow::Result<Channel> {
-            Ok(Endpoint::from_shared(url.to_owned())?
-                .connect_timeout(std::time::Duration::from_secs(2))
-                .timeout(std::time::Duration::from_secs(30))
-                .connect_lazy())
-        };
-        Ok(Self {
-            sealer: Sealer::new(&config.session_key, config.secure),
-            secure: config.secure,
-            internal_token,
-            auth_channel: channel(&config.auth_url)?,
-            posts_channel: channel(&config.posts_url)?,
-        })
+    fn new(parts: Parts) -> Self {
+        Self {
+            sealer: Sealer::new(&parts.session_key, parts.secure),
+            secure: parts.secure,
+            internal_token: parts.internal_token,
+            auth_channel: parts.auth.connect_lazy(),
+            posts_channel: parts.posts.connect_lazy(),
+        }
     }
 }
 
@@ -105,23 +106,29 @@ impl Website {
     /// Binds the address and checks the settings; nothing is served until
     /// [`Website::run`].
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let internal_token = match &config.internal_token {
-            Some(token) => Some(
-                token
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("the internal token is not valid metadata"))?,
-            ),
-            None => None,
+        let endpoint = |url: &str| -> anyhow::Result<Endpoint> {
+            Ok(Endpoint::from_shared(url.to_owned())?
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .timeout(std::time::Duration::from_secs(30)))
         };
-        for url in [&config.auth_url, &config.posts_url] {
-            Endpoint::from_shared(url.clone())?;
-        }
+        let parts =
+            Parts {
+                session_key: config.session_key,
+                secure: config.secure,
+                internal_token: match &config.internal_token {
+                    Some(token) => Some(token.parse().map_err(|_| {
+                        anyhow::anyhow!("the internal token is not valid metadata")
+                    })?),
+                    None => None,
+                },
+                auth: endpoint(&config.auth_url)?,
+                posts: endpoint(&config.posts_url)?,
+            };
         let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "website listening");
         Ok(Self {
             listener: listener.into_std()?,
-            config,
-            internal_token,
+            parts,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
@@ -155,7 +162,7 @@ impl Website {
         let (ended, mut ends) = tokio::sync::mpsc::unbounded_channel();
         for n in 0..self.threads {
             let listener = self.listener.try_clone()?;
-            let (config, token) = (self.config.clone(), self.internal_token.clone());
+            let parts = self.parts.clone();
             let (mut stopped, ended) = (stopped.clone(), ended.clone());
             std::thread::Builder::new()
                 .name(format!("web-{n}"))
@@ -166,7 +173,7 @@ impl Website {
                             .build()?;
                         runtime.block_on(async move {
                             let listener = tokio::net::TcpListener::from_std(listener)?;
-                            let app = Arc::new(App::new(&config, token)?);
+                            let app = Arc::new(App::new(parts));
                             let service =
                                 router(app).into_make_service_with_connect_info::<SocketAddr>();
                             axum::serve(listener, service)
