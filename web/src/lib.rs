@@ -241,6 +241,7 @@ async fn finish(State(app): State<Shared>, request: Request, next: Next) -> Resp
         let session = app.sealer.from_headers(&cookies);
         response = page.render(&app, back, &request_id, session);
     }
+    let too_large = response.status() == StatusCode::PAYLOAD_TOO_LARGE;
     let headers = response.headers_mut();
     let set = |headers: &mut axum::http::HeaderMap, name, value: &'static str| {
         headers.insert(name, HeaderValue::from_static(value));
@@ -260,6 +261,12 @@ async fn finish(State(app): State<Shared>, request: Request, next: Next) -> Resp
             header::STRICT_TRANSPORT_SECURITY,
             "max-age=63072000; includeSubDomains",
         );
+    }
+    // A body refused for its size was left unread: the connection cannot
+    // carry another request, and saying so keeps a client from sending its
+    // next one down a connection about to close.
+    if too_large {
+        set(headers, header::CONNECTION, "close");
     }
     if !headers.contains_key(header::CACHE_CONTROL) {
         set(headers, header::CACHE_CONTROL, "no-store");

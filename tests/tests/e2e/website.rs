@@ -246,6 +246,9 @@ async fn a_profile_picture_uploaded_on_the_account_page_shows_on_the_users_posts
     let huge = alice.upload_picture(vec![0; 13 << 20]).await;
     assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(huge.body.contains("too large"), "{}", huge.body);
+    // The rest of that body was never read, so the connection is closed,
+    // and the response says so: the next request goes down a fresh one.
+    assert_eq!(huge.headers[reqwest::header::CONNECTION], "close");
 
     let removed = alice
         .submit("/account", "/account/picture/delete", &[])
