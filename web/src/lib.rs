@@ -175,7 +175,7 @@ impl Website {
                             let listener = tokio::net::TcpListener::from_std(listener)?;
                             let app = Arc::new(App::new(parts));
                             let service =
-                                router(app).into_make_service_with_connect_info::<SocketAddr>();
+                                router(app).into_make_service_with_connect_info::<visitor::Peer>();
                             axum::serve(listener, service)
                                 .with_graceful_shutdown(async move {
                                     let _ = stopped.wait_for(|s| *s).await;
@@ -217,7 +217,7 @@ pub fn router(app: Shared) -> Router {
 /// The last word on every response: refuses cross-site form posts, renders
 /// error pages (with a request id to quote) and adds the security headers.
 async fn finish(State(app): State<Shared>, request: Request, next: Next) -> Response {
-    let request_id = session::random_token()[..16].to_owned();
+    let request_id = RequestId::next();
     // Kept for an error page only: opening the cookie costs a decryption,
     // which the page's own handler has done already when all goes well.
     let is_get = request.method() == Method::GET;
@@ -239,7 +239,7 @@ async fn finish(State(app): State<Shared>, request: Request, next: Next) -> Resp
             _ => "/",
         };
         let session = app.sealer.from_headers(&cookies);
-        response = page.render(&app, back, &request_id, session);
+        response = page.render(&app, back, request_id.as_str(), session);
     }
     let too_large = response.status() == StatusCode::PAYLOAD_TOO_LARGE;
     let headers = response.headers_mut();
@@ -271,10 +271,52 @@ async fn finish(State(app): State<Shared>, request: Request, next: Next) -> Resp
     if !headers.contains_key(header::CACHE_CONTROL) {
         set(headers, header::CACHE_CONTROL, "no-store");
     }
-    if let Ok(id) = HeaderValue::from_str(&request_id) {
-        headers.insert("x-request-id", id);
-    }
+    headers.insert("x-request-id", request_id.header());
     response
+}
+
+/// A request's id, to quote from an error page and find in the logs: 16
+/// hex digits, unique within the process (a counter scrambled by a
+/// bijection keyed at random once per process, so that the ids of two
+/// replicas do not collide in step). Not a secret, and not unguessable.
+struct RequestId([u8; 16]);
+
+impl RequestId {
+    fn next() -> Self {
+        use std::sync::{
+            LazyLock,
+            atomic::{AtomicU64, Ordering},
+        };
+        static KEY: LazyLock<u64> = LazyLock::new(|| {
+            let mut key = [0u8; 8];
+            aws_lc_rs::rand::fill(&mut key).expect("system randomness");
+            u64::from_le_bytes(key)
+        });
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let mut id = [0u8; 16];
+        for (pair, byte) in id.chunks_exact_mut(2).zip(mix(n ^ *KEY).to_be_bytes()) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
+        Self(id)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits")
+    }
+
+    fn header(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.0).expect("hex digits")
+    }
+}
+
+/// splitmix64's finaliser: a bijection on `u64` that scatters every bit.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Whether a request comes from a page of this site: its `Origin` (or,
@@ -384,6 +426,73 @@ mod tests {
             .next()
             .unwrap()
             .to_ascii_lowercase()
+    }
+
+    /// The whole response to `request` (a request head, and a body if any).
+    async fn exchange(addr: SocketAddr, request: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn a_first_visit_gets_its_csrf_secret_with_its_first_form_and_an_empty_one_opens_nothing()
+    {
+        let config = Config::for_tests("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into());
+        let site = Website::build(config).await.unwrap();
+        let addr = site.local_addr();
+        tokio::spawn(site.run(std::future::pending()));
+        let page = exchange(
+            addr,
+            "GET /login HTTP/1.1\r\nHost: blog.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let token = page
+            .split(r#"name="csrf_token" value=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the login form carries a CSRF token");
+        assert_eq!(token.len(), 43, "{page}");
+        assert!(
+            page.to_ascii_lowercase()
+                .contains("set-cookie: blog_session=")
+        );
+        // A form posted without a session (so without a secret drawn) and
+        // an empty token is refused, before anything is sent anywhere.
+        let body = "csrf_token=&username=a&password=b";
+        let forged = exchange(
+            addr,
+            &format!(
+                "POST /login HTTP/1.1\r\nHost: blog.test\r\nConnection: close\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+        .await;
+        assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
+    }
+
+    #[tokio::test]
+    async fn every_response_has_a_request_id_of_its_own() {
+        let config = Config::for_tests("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into());
+        let site = Website::build(config).await.unwrap();
+        let addr = site.local_addr();
+        tokio::spawn(site.run(std::future::pending()));
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let head = head(addr, "/healthz").await;
+            let id = head
+                .lines()
+                .find_map(|line| line.strip_prefix("x-request-id: "))
+                .expect("a request id")
+                .to_owned();
+            assert_eq!(id.len(), 16, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+            assert!(ids.insert(id), "ids repeat");
+        }
     }
 
     #[tokio::test]

@@ -66,9 +66,20 @@ impl Session {
         }
     }
 
-    /// Whether `presented` (a form's `csrf_token`) is this session's.
+    /// A visitor not yet seen, before their CSRF secret is drawn: it
+    /// matches no form until it is.
+    pub(crate) fn blank() -> Self {
+        Self {
+            csrf: String::new(),
+            tokens: None,
+        }
+    }
+
+    /// Whether `presented` (a form's `csrf_token`) is this session's. An
+    /// empty secret (one not drawn yet) matches nothing.
     pub fn csrf_matches(&self, presented: &str) -> bool {
         !presented.is_empty()
+            && !self.csrf.is_empty()
             && constant_time::verify_slices_are_equal(self.csrf.as_bytes(), presented.as_bytes())
                 .is_ok()
     }
@@ -267,5 +278,7 @@ mod tests {
         assert!(session.csrf_matches(&session.csrf.clone()));
         assert!(!session.csrf_matches(""));
         assert!(!session.csrf_matches(&Session::new().csrf));
+        assert!(!Session::blank().csrf_matches(""));
+        assert!(!Session::blank().csrf_matches("x"));
     }
 }

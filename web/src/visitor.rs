@@ -4,13 +4,15 @@
 //! hands its response back through [`Visitor::respond`], which stores the
 //! session if it changed.
 
-use std::{convert::Infallible, net::SocketAddr};
+use std::convert::Infallible;
 
 use axum::{
-    extract::{ConnectInfo, FromRequestParts},
+    extract::{ConnectInfo, FromRequestParts, connect_info::Connected},
     http::{HeaderValue, header, request::Parts},
     response::{IntoResponse, Response},
+    serve::IncomingStream,
 };
+use tokio::net::TcpListener;
 use tonic::{
     Code,
     metadata::{Ascii, MetadataValue},
@@ -37,6 +39,17 @@ pub struct Nav {
     pub csrf: String,
 }
 
+/// The visitor's address as `x-forwarded-for` metadata, formatted once per
+/// connection rather than for every call made on its behalf.
+#[derive(Debug, Clone)]
+pub struct Peer(Option<MetadataValue<Ascii>>);
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Self(stream.remote_addr().ip().to_string().parse().ok())
+    }
+}
+
 /// The visitor of one request.
 #[derive(Debug)]
 pub struct Visitor {
@@ -57,12 +70,15 @@ impl FromRequestParts<Shared> for Visitor {
     async fn from_request_parts(parts: &mut Parts, app: &Shared) -> Result<Self, Infallible> {
         let address = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .and_then(|ConnectInfo(peer)| peer.ip().to_string().parse().ok());
+            .get::<ConnectInfo<Peer>>()
+            .and_then(|ConnectInfo(Peer(address))| address.clone());
         let forward = app.internal_token.clone().zip(address);
+        // A first visit's session has no CSRF secret until a page needs
+        // one (`nav`) or the session is stored (`respond`); an empty secret
+        // matches no form.
         let (session, changed) = match app.sealer.from_headers(&parts.headers) {
             Some(session) => (session, false),
-            None => (Session::new(), true),
+            None => (Session::blank(), true),
         };
         let mut visitor = Self {
             session,
@@ -113,22 +129,36 @@ impl Visitor {
             .ok_or(PageError::Status(tonic::Status::unauthenticated("")))
     }
 
-    /// What every page's header needs.
-    pub fn nav(&self) -> Nav {
+    /// What every page's header needs, its forms' CSRF token included.
+    pub fn nav(&mut self) -> Nav {
+        self.start();
+        self.header()
+    }
+
+    /// What the header of a page without forms of its own needs. A first
+    /// visit to such a page starts no session: someone who only reads is
+    /// never given a cookie, nor is a CSRF secret drawn or a session sealed
+    /// for them. (Their header has no form: the logout form is for those
+    /// logged in, who come with a session.)
+    pub fn nav_for_reading(&mut self) -> Nav {
+        if self.fresh {
+            self.changed = false;
+        }
+        self.header()
+    }
+
+    fn header(&self) -> Nav {
         Nav {
             user: self.tokens().map(|t| (t.username.clone(), t.user_id)),
             csrf: self.session.csrf.clone(),
         }
     }
 
-    /// What the header of a page without forms of its own needs. A first
-    /// visit to such a page starts no session: someone who only reads is
-    /// never given a cookie (nor is one sealed for them).
-    pub fn nav_for_reading(&mut self) -> Nav {
-        if self.fresh {
-            self.changed = false;
+    /// Draws the CSRF secret of a session begun by this request.
+    fn start(&mut self) {
+        if self.session.csrf.is_empty() {
+            self.session.csrf = crate::session::random_token();
         }
-        self.nav()
     }
 
     /// The form's CSRF token is this session's, or the request is refused.
@@ -202,8 +232,11 @@ impl Visitor {
     }
 
     /// `response`, storing the session first if it changed.
-    pub fn respond(self, app: &Shared, response: impl IntoResponse) -> Response {
+    pub fn respond(mut self, app: &Shared, response: impl IntoResponse) -> Response {
         let mut response = response.into_response();
+        if self.changed {
+            self.start();
+        }
         if self.changed
             && let Ok(cookie) = HeaderValue::from_str(&app.sealer.set_cookie(&self.session))
         {

@@ -133,7 +133,12 @@ fn on_the_form(status: &tonic::Status) -> bool {
     is_form_error(status) || status.code() == tonic::Code::PermissionDenied
 }
 
-fn render(app: &Shared, visitor: Visitor, user: &User, how: Render) -> Result<Response, PageError> {
+fn render(
+    app: &Shared,
+    mut visitor: Visitor,
+    user: &User,
+    how: Render,
+) -> Result<Response, PageError> {
     let page = AccountPage {
         nav: visitor.nav(),
         notice: how.notice,

@@ -246,7 +246,7 @@ pub struct ForgotForm {
 /// exists.
 pub async fn forgot(
     State(app): State<Shared>,
-    visitor: Visitor,
+    mut visitor: Visitor,
     Form(input): Form<ForgotForm>,
 ) -> Result<Response, PageError> {
     visitor.check_csrf(&input.csrf_token)?;
@@ -318,7 +318,7 @@ pub struct ResetForm {
 /// `POST /reset-password?token=`.
 pub async fn reset(
     State(app): State<Shared>,
-    visitor: Visitor,
+    mut visitor: Visitor,
     Query(link): Query<ResetLink>,
     Form(input): Form<ResetForm>,
 ) -> Result<Response, PageError> {

@@ -77,7 +77,7 @@ struct FormPage {
 /// A page of one form, answered with `status`.
 pub fn form_page(
     app: &Shared,
-    visitor: Visitor,
+    mut visitor: Visitor,
     form: FormView,
     status: StatusCode,
 ) -> Result<Response, PageError> {
