@@ -94,12 +94,39 @@ fn argon2_into(
     }
     MEMORY.with_borrow_mut(|memory| {
         if memory.len() < blocks {
+            *memory = Vec::with_capacity(blocks);
+            huge_pages(memory);
             memory.resize(blocks, Block::default());
         }
         argon2
             .hash_password_into_with_memory(password, salt, out, &mut memory[..blocks])
             .map_err(|e| anyhow!("argon2 failed: {e}"))
     })
+}
+
+/// Asks the kernel to back `memory`'s (untouched) capacity with huge pages
+/// where it can: argon2 reads blocks all over its 19 MiB, and in 4 KiB pages
+/// that is a TLB miss on most reads. Advice only: without transparent huge
+/// pages nothing changes.
+fn huge_pages(memory: &mut Vec<Block>) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = memory.as_mut_ptr().cast::<u8>();
+        let bytes = memory.capacity() * std::mem::size_of::<Block>();
+        // madvise wants a page-aligned start; the head before it is skipped.
+        let skip = start.align_offset(PAGE);
+        if bytes > skip {
+            let length = (bytes - skip) / PAGE * PAGE;
+            // SAFETY: the range lies within `memory`'s own allocation, and
+            // MADV_HUGEPAGE changes how it is backed, never its contents.
+            unsafe {
+                libc::madvise(start.add(skip).cast(), length, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = memory;
 }
 
 /// How long one hash takes on the calling thread with the service's own
