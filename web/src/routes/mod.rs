@@ -253,20 +253,68 @@ impl Moment {
         impl std::fmt::Display for Iso<'_> {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 let Some(c) = self.0.0 else { return Ok(()) };
-                let (y, m, d, h, min, s) = (c.year, c.month, c.day, c.hour, c.minute, c.second);
-                write!(f, "{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}Z")
+                match c.iso() {
+                    Some(iso) => f.write_str(ascii(&iso)),
+                    None => {
+                        let (y, m, d) = (c.year, c.month, c.day);
+                        let (h, min, s) = (c.hour, c.minute, c.second);
+                        write!(f, "{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}Z")
+                    }
+                }
             }
         }
         Iso(self)
     }
 }
 
+impl Civil {
+    /// `2024-02-29T13:05:09Z`, written digit by digit rather than through
+    /// eleven padded `write!`s (a listing shows two per post); `None` for
+    /// years outside 0-9999, which take the slow way.
+    fn iso(&self) -> Option<[u8; 20]> {
+        if !(0..=9999).contains(&self.year) {
+            return None;
+        }
+        let mut out = *b"0000-00-00T00:00:00Z";
+        for (at, value) in [
+            (0..4, self.year),
+            (5..7, self.month),
+            (8..10, self.day),
+            (11..13, self.hour),
+            (14..16, self.minute),
+            (17..19, self.second),
+        ] {
+            let mut value = value;
+            for digit in out[at].iter_mut().rev() {
+                *digit = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Digits and punctuation as text.
+fn ascii(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).expect("ASCII")
+}
+
 /// For people: `2024-02-29 13:05 UTC`.
 impl std::fmt::Display for Moment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Some(c) = self.0 else { return Ok(()) };
-        let (y, m, d, h, min) = (c.year, c.month, c.day, c.hour, c.minute);
-        write!(f, "{y:04}-{m:02}-{d:02} {h:02}:{min:02} UTC")
+        match c.iso() {
+            Some(iso) => {
+                let mut out = *b"0000-00-00 00:00 UTC";
+                out[..10].copy_from_slice(&iso[..10]);
+                out[11..16].copy_from_slice(&iso[11..16]);
+                f.write_str(ascii(&out))
+            }
+            None => {
+                let (y, m, d, h, min) = (c.year, c.month, c.day, c.hour, c.minute);
+                write!(f, "{y:04}-{m:02}-{d:02} {h:02}:{min:02} UTC")
+            }
+        }
     }
 }
 
@@ -313,6 +361,16 @@ mod tests {
         assert_eq!(
             Moment::of(Some(&before_1970)).iso().to_string(),
             "1969-12-31T23:59:59Z"
+        );
+        // Years of five digits (or before year 0) are still written out.
+        let far = prost_types::Timestamp {
+            seconds: 253_402_300_800,
+            nanos: 0,
+        };
+        assert_eq!(Moment::of(Some(&far)).to_string(), "10000-01-01 00:00 UTC");
+        assert_eq!(
+            Moment::of(Some(&far)).iso().to_string(),
+            "10000-01-01T00:00:00Z"
         );
         let none = Moment::of(None);
         assert_eq!(
