@@ -413,15 +413,26 @@ mod tests {
 
     use super::*;
 
+    /// Settings whose services answer nothing: the pages these tests ask
+    /// for need no call.
+    fn unreachable_services() -> Config {
+        Config::for_tests("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into())
+    }
+
+    /// A website with `config`, serving until the test ends.
+    async fn serve(config: Config) -> SocketAddr {
+        let site = Website::build(config).await.unwrap();
+        let addr = site.local_addr();
+        tokio::spawn(site.run(std::future::pending()));
+        addr
+    }
+
     /// The response head of `GET path` from a website.
     async fn head(addr: SocketAddr, path: &str) -> String {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let request =
             format!("GET {path} HTTP/1.1\r\nHost: blog.test\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
+        exchange(addr, &request)
+            .await
             .split("\r\n\r\n")
             .next()
             .unwrap()
@@ -440,10 +451,7 @@ mod tests {
     #[tokio::test]
     async fn a_first_visit_gets_its_csrf_secret_with_its_first_form_and_an_empty_one_opens_nothing()
     {
-        let config = Config::for_tests("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into());
-        let site = Website::build(config).await.unwrap();
-        let addr = site.local_addr();
-        tokio::spawn(site.run(std::future::pending()));
+        let addr = serve(unreachable_services()).await;
         let page = exchange(
             addr,
             "GET /login HTTP/1.1\r\nHost: blog.test\r\nConnection: close\r\n\r\n",
@@ -477,10 +485,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_response_has_a_request_id_of_its_own() {
-        let config = Config::for_tests("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into());
-        let site = Website::build(config).await.unwrap();
-        let addr = site.local_addr();
-        tokio::spawn(site.run(std::future::pending()));
+        let addr = serve(unreachable_services()).await;
         let mut ids = std::collections::HashSet::new();
         for _ in 0..20 {
             let head = head(addr, "/healthz").await;
@@ -497,13 +502,9 @@ mod tests {
 
     #[tokio::test]
     async fn over_https_cookies_are_secure_and_hsts_is_sent() {
-        // Nothing answers at these addresses: the pages below need no call.
-        let mut config =
-            Config::for_tests("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into());
+        let mut config = unreachable_services();
         config.secure = true;
-        let site = Website::build(config).await.unwrap();
-        let addr = site.local_addr();
-        tokio::spawn(site.run(std::future::pending()));
+        let addr = serve(config).await;
         let login = head(addr, "/login").await;
         assert!(login.starts_with("http/1.1 200"), "{login}");
         assert!(
@@ -520,8 +521,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_site_on_several_threads_answers_every_connection_and_stops_when_asked() {
-        let config = Config::for_tests("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into());
-        let site = Website::build(config).await.unwrap().with_threads(3);
+        let site = Website::build(unreachable_services())
+            .await
+            .unwrap()
+            .with_threads(3);
         let addr = site.local_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn(site.run(async {
@@ -545,10 +548,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_plain_http_there_is_no_hsts() {
-        let config = Config::for_tests("http://127.0.0.1:9".into(), "http://127.0.0.1:9".into());
-        let site = Website::build(config).await.unwrap();
-        let addr = site.local_addr();
-        tokio::spawn(site.run(std::future::pending()));
+        let addr = serve(unreachable_services()).await;
         let login = head(addr, "/login").await;
         assert!(!login.contains("strict-transport-security"), "{login}");
         assert!(login.contains("set-cookie: blog_session="), "{login}");
