@@ -13,11 +13,12 @@
 //! own and reuses it: allocated per hash, the allocator maps it fresh from
 //! the kernel each time, and faulting in and zeroing 19 MiB cost a fifth of
 //! a login. It is advised into huge pages, which spare argon2's scattered
-//! reads most of their TLB misses. The threads also run at a lower scheduling priority, so that on
-//! a busy machine cheap calls (reads, token checks) go first and a login
-//! flood slows logins, not everything else; and while a hash runs, its
-//! thread offers its core back every millisecond ([`turns`]), so that a
-//! cheap call waits for at most that long behind a hash.
+//! reads most of their TLB misses. The threads also run at a lower
+//! scheduling priority, so that on a busy machine cheap calls (reads, token
+//! checks) go first and a login flood slows logins, not everything else;
+//! and while a hash runs, its thread offers its core back every millisecond
+//! ([`turns`]), so that a cheap call waits for at most that long behind a
+//! hash.
 
 use std::{
     cell::RefCell,
