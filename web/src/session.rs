@@ -76,10 +76,10 @@ impl Session {
     }
 
     /// Whether `presented` (a form's `csrf_token`) is this session's. An
-    /// empty secret (one not drawn yet) matches nothing.
+    /// empty token is refused, so an empty secret (one not drawn yet)
+    /// matches nothing.
     pub fn csrf_matches(&self, presented: &str) -> bool {
         !presented.is_empty()
-            && !self.csrf.is_empty()
             && constant_time::verify_slices_are_equal(self.csrf.as_bytes(), presented.as_bytes())
                 .is_ok()
     }

@@ -235,12 +235,11 @@ impl Visitor {
     pub fn respond(mut self, app: &Shared, response: impl IntoResponse) -> Response {
         let mut response = response.into_response();
         if self.changed {
+            // Never store a session without its CSRF secret.
             self.start();
-        }
-        if self.changed
-            && let Ok(cookie) = HeaderValue::from_str(&app.sealer.set_cookie(&self.session))
-        {
-            response.headers_mut().append(header::SET_COOKIE, cookie);
+            if let Ok(cookie) = HeaderValue::from_str(&app.sealer.set_cookie(&self.session)) {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
         }
         response
     }
