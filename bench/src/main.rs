@@ -51,15 +51,17 @@ struct Cli {
     /// instead of benchmarking.
     #[arg(long)]
     layered_noop_server: Option<SocketAddr>,
-    /// Print one argon2 verification's time in microseconds and exit (run
-    /// pinned to the servers' core, as the W4 ceiling).
+    /// Print one argon2 verification's time in microseconds, the mean over
+    /// `--seconds` of hashing, and exit (run pinned to the servers' core, as
+    /// the W4 ceiling).
     #[arg(long)]
     argon2_probe: bool,
     /// Directory of the release binaries (`blog`, `blog-bench`).
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
     /// Rounds per workload: each alternates with its reference (W0, or W1
-    /// for W5) and the ratios are medians over rounds.
+    /// for W5) and the ratios are medians over rounds. W0' takes three
+    /// times as many.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Calls in flight per workload.
@@ -405,7 +407,8 @@ fn free_addr() -> SocketAddr {
 
 /// One argon2 verification's time on the servers' core, now: a probe
 /// process pinned there, so the ceiling is measured on the same core, under
-/// the same conditions, as the logins it is compared with.
+/// the same conditions, as the logins it is compared with, and over as many
+/// seconds as they are.
 fn argon2_time_on_server_core(cli: &Cli) -> anyhow::Result<Duration> {
     let bench = cli.bin_dir.join("blog-bench");
     let output = Command::new("taskset")
@@ -413,6 +416,8 @@ fn argon2_time_on_server_core(cli: &Cli) -> anyhow::Result<Duration> {
         .arg(&cli.server_core)
         .arg(&bench)
         .arg("--argon2-probe")
+        .arg("--seconds")
+        .arg(cli.seconds.to_string())
         .output()
         .context("running the argon2 probe")?;
     let micros: u64 = String::from_utf8_lossy(&output.stdout)
@@ -750,8 +755,9 @@ async fn run_backend(
     };
     if cli.wants(Workload::W4) {
         // Each round times the ceiling on the logins' core just before and
-        // just after them and takes the faster: the ceiling is what the core
-        // can do at its best, so the ratio errs against the service.
+        // just after them, each probe hashing as long as the logins run, and
+        // takes the faster: the ceiling is what the core can do at its best,
+        // so the ratio errs against the service.
         let mut runs = Vec::new();
         let mut ratios = Vec::new();
         let mut ceilings = Vec::new();
@@ -1149,12 +1155,14 @@ fn health_check(channel: &Channel) -> Call {
 }
 
 /// W0' against W0: what the services' own server costs a call that does
-/// nothing.
+/// nothing. Two no-ops are the figures this host's swings move most (a
+/// round's ratio has ranged from 0.7 to 1.4), so they alternate three times
+/// as many rounds as the workloads do.
 async fn layers_against_bare(cli: &Cli, bare: &Channel, layered: &Channel) {
     let runs = alternate(
         cli.concurrency,
         cli.seconds,
-        cli.rounds,
+        cli.rounds * 3,
         &[health_check(bare), health_check(layered)],
     )
     .await;
@@ -1184,7 +1192,7 @@ async fn layers_against_bare(cli: &Cli, bare: &Channel, layered: &Channel) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.argon2_probe {
-        println!("{}", auth_service::password::time_one_hash(20).as_micros());
+        println!("{}", auth_service::password::time_one_hash(Duration::from_secs(cli.seconds)).as_micros());
         return Ok(());
     }
     if let Some(addr) = cli.noop_server {
