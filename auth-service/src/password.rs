@@ -136,20 +136,34 @@ fn huge_pages(memory: &mut Vec<Block>) {
 /// as many hashes as fit in `window` (at least one, after one warm-up). This
 /// is the ceiling that benchmarks hold logins against, so it is timed over
 /// as long a stretch as the logins are, and a slow spell of the host weighs
-/// on both alike.
-pub fn time_one_hash(window: std::time::Duration) -> std::time::Duration {
+/// on both alike. With `in_turns`, the calling thread also runs as a hashing
+/// thread does: at its lower priority, each hash offering the core back
+/// every turn (what the service pays for letting cheap calls in).
+pub fn time_one_hash(window: Duration, in_turns: bool) -> Duration {
+    let turns = if in_turns {
+        lower_this_threads_priority();
+        Turns::for_this_thread()
+    } else {
+        None
+    };
     let params = params();
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let mut out = [0u8; OUTPUT_LEN];
     let mut once = || {
-        argon2_into(
-            &argon2,
-            &params,
-            b"benchmark password",
-            b"sixteen byte salt",
-            &mut out,
-        )
-        .expect("hashing with the service's parameters")
+        let mut hash = || {
+            argon2_into(
+                &argon2,
+                &params,
+                b"benchmark password",
+                b"sixteen byte salt",
+                &mut out,
+            )
+            .expect("hashing with the service's parameters")
+        };
+        match &turns {
+            Some(turns) => turns.during(hash),
+            None => hash(),
+        }
     };
     once();
     let start = std::time::Instant::now();
@@ -577,5 +591,18 @@ mod tests {
         }
         let order = order.lock().unwrap().join(" ");
         assert_eq!(order, "other0 login0 other1 login1 other2 login2");
+    }
+
+    #[test]
+    fn the_benchmark_probe_hashes_plainly_and_in_turns() {
+        // On its own thread: in turns, the probe lowers its thread's priority.
+        std::thread::spawn(|| {
+            for in_turns in [false, true] {
+                let one = time_one_hash(Duration::ZERO, in_turns);
+                assert!(one > Duration::ZERO, "in turns: {in_turns}");
+            }
+        })
+        .join()
+        .unwrap();
     }
 }
