@@ -3,8 +3,8 @@
 # counted by valgrind's callgrind rather than timed: the same figure whatever
 # else the host is doing, so the layers' cost can be told apart from this
 # host's swings. Each server runs under callgrind on 127.0.0.1 twice, and
-# h2load sends it gRPC health checks (4 connections, 64 in flight, as W0 in
-# blog-bench): FEW calls in one run, FEW + CALLS in the other. The
+# h2load sends it gRPC health checks (4 connections, 64 streams in flight on
+# each): FEW calls in one run, FEW + CALLS in the other. The
 # difference of the two totals is what CALLS calls cost, start and stop
 # left out.
 #

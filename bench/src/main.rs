@@ -532,6 +532,15 @@ fn rows_against_w0(label: &str, runs: &[Vec<Figures>], names: &[&str]) -> Vec<St
     rows
 }
 
+/// `values` with one decimal each, comma-separated.
+fn one_decimal(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn row(name: &str, figures: &Figures, ratio: Option<String>) -> String {
     let ratio = ratio.unwrap_or_default();
     format!(
@@ -788,19 +797,11 @@ async fn run_backend(
         ));
         rows.push(format!(
             "W4 ceiling (one argon2 verification at a time on the servers' core), per round: {} logins/s",
-            ceilings
-                .iter()
-                .map(|c| format!("{c:.1}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            one_decimal(&ceilings)
         ));
         rows.push(format!(
             "W4 hashes at the hashing threads' priority and turns, per round (not the ceiling): {} logins/s",
-            in_turns
-                .iter()
-                .map(|c| format!("{c:.1}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            one_decimal(&in_turns)
         ));
     }
     if cli.wants(Workload::W5) {
