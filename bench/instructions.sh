@@ -12,11 +12,15 @@
 #
 # Needs valgrind and h2load (Debian: valgrind, nghttp2-client).
 set -euo pipefail
+# A failed step inside $(...) stops the script too.
+shopt -s inherit_errexit
 bin_dir="${1:-target/release}"
 calls="${2:-10000}"
 few="${3:-1000}"
 work="$(mktemp -d)"
-trap 'pkill -P $$ 2> /dev/null || true; rm -rf "$work"' EXIT
+# A server left running by a failed step is found by its output file's
+# name, unique to this run (it is a grandchild, started in a subshell).
+trap 'pkill -f -- "--callgrind-out-file=$work/" 2> /dev/null || true; rm -rf "$work"' EXIT
 
 # An empty HealthCheckRequest, gRPC-framed: uncompressed, zero length.
 printf '\0\0\0\0\0' > "$work/check.bin"
@@ -35,12 +39,13 @@ total() {
   # toward the total, and it exits 0 even when every request failed).
   for _ in $(seq 300); do
     (echo > "/dev/tcp/127.0.0.1/$port") 2> /dev/null && break
+    kill -0 "$pid" 2> /dev/null || break
     sleep 0.1
   done
-  "${load[@]}" -n "$n" > "$work/h2load.log"
-  if ! grep -q "$n succeeded, 0 failed, 0 errored" "$work/h2load.log"; then
+  if ! "${load[@]}" -n "$n" > "$work/h2load.log" 2>&1 ||
+    ! grep -q "$n succeeded, 0 failed, 0 errored" "$work/h2load.log"; then
     cat "$work/h2load.log" "$work/valgrind.log" >&2
-    kill "$pid"
+    kill "$pid" 2> /dev/null || true
     return 1
   fi
   kill -TERM "$pid"

@@ -141,8 +141,7 @@ fn huge_pages(memory: &mut Vec<Block>) {
 /// every turn (what the service pays for letting cheap calls in).
 pub fn time_one_hash(window: Duration, in_turns: bool) -> Duration {
     let turns = if in_turns {
-        lower_this_threads_priority();
-        Turns::for_this_thread()
+        become_a_hashing_thread()
     } else {
         None
     };
@@ -150,7 +149,7 @@ pub fn time_one_hash(window: Duration, in_turns: bool) -> Duration {
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let mut out = [0u8; OUTPUT_LEN];
     let mut once = || {
-        let mut hash = || {
+        in_turns_if_any(turns.as_ref(), || {
             argon2_into(
                 &argon2,
                 &params,
@@ -159,11 +158,7 @@ pub fn time_one_hash(window: Duration, in_turns: bool) -> Duration {
                 &mut out,
             )
             .expect("hashing with the service's parameters")
-        };
-        match &turns {
-            Some(turns) => turns.during(hash),
-            None => hash(),
-        }
+        })
     };
     once();
     let start = std::time::Instant::now();
@@ -213,6 +208,21 @@ fn verify_here(password: &[u8], stored: &str) -> anyhow::Result<bool> {
     let computed = Output::new(&out).map_err(|e| anyhow!("argon2 output: {e}"))?;
     // `Output`'s equality is constant-time.
     Ok(computed == *expected)
+}
+
+/// Makes the calling thread what a hashing thread is: lower in priority,
+/// and with a turn timer where there can be one.
+fn become_a_hashing_thread() -> Option<Turns> {
+    lower_this_threads_priority();
+    Turns::for_this_thread()
+}
+
+/// Runs `job` under `turns` if there are any, else plainly.
+fn in_turns_if_any<T>(turns: Option<&Turns>, job: impl FnOnce() -> T) -> T {
+    match turns {
+        Some(turns) => turns.during(job),
+        None => job(),
+    }
 }
 
 /// Lowers the calling thread's scheduling priority (Linux: the nice value
@@ -301,10 +311,7 @@ impl Work {
                     queues = self.ready.wait(queues).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            match turns {
-                Some(turns) => turns.during(job),
-                None => job(),
-            }
+            in_turns_if_any(turns, job);
         }
     }
 }
@@ -347,8 +354,7 @@ impl Passwords {
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
-                    lower_this_threads_priority();
-                    let turns = Turns::for_this_thread();
+                    let turns = become_a_hashing_thread();
                     work.serve(turns.as_ref());
                 })
                 .expect("starting a password hashing thread");
@@ -598,8 +604,18 @@ mod tests {
         // On its own thread: in turns, the probe lowers its thread's priority.
         std::thread::spawn(|| {
             for in_turns in [false, true] {
-                let one = time_one_hash(Duration::ZERO, in_turns);
+                #[cfg(target_os = "linux")]
+                let before = turns::offered();
+                let one = time_one_hash(Duration::from_millis(20), in_turns);
                 assert!(one > Duration::ZERO, "in turns: {in_turns}");
+                // Two hashes of 19 MiB at least (the warm-up and one timed)
+                // outlast a 1 ms turn; plainly, no turn is ever offered.
+                #[cfg(target_os = "linux")]
+                assert_eq!(
+                    turns::offered() > before,
+                    in_turns,
+                    "turns offered, in turns: {in_turns}"
+                );
             }
         })
         .join()

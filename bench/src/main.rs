@@ -58,7 +58,7 @@ struct Cli {
     argon2_probe: bool,
     /// With `--argon2-probe`: hash as the service's hashing threads do, at
     /// their lower priority and offering the core back every turn.
-    #[arg(long)]
+    #[arg(long, requires = "argon2_probe")]
     in_turns: bool,
     /// Directory of the release binaries (`blog`, `blog-bench`).
     #[arg(long, default_value = "target/release")]
@@ -427,6 +427,13 @@ fn argon2_time_on_server_core(cli: &Cli, in_turns: bool) -> anyhow::Result<Durat
         command.arg("--in-turns");
     }
     let output = command.output().context("running the argon2 probe")?;
+    if !output.status.success() {
+        bail!(
+            "the argon2 probe failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
     let micros: u64 = String::from_utf8_lossy(&output.stdout)
         .trim()
         .parse()

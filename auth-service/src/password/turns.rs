@@ -22,6 +22,8 @@ pub const TURN: Duration = Duration::from_millis(1);
 
 #[cfg(target_os = "linux")]
 pub use linux::Turns;
+#[cfg(all(test, target_os = "linux"))]
+pub use linux::offered;
 
 /// No turns off Linux: [`Turns::for_this_thread`] always gives `None`.
 #[cfg(not(target_os = "linux"))]
@@ -204,6 +206,12 @@ mod linux {
         }
     }
 
+    /// How many turns the calling thread has offered (tests).
+    #[cfg(test)]
+    pub fn offered() -> u64 {
+        OFFERED.with(|offered| offered.load(Ordering::Relaxed))
+    }
+
     #[cfg(test)]
     mod tests {
         use std::{
@@ -212,11 +220,6 @@ mod linux {
         };
 
         use super::*;
-
-        /// How many turns this thread has offered.
-        fn offered() -> u64 {
-            OFFERED.with(|offered| offered.load(Ordering::Relaxed))
-        }
 
         #[test]
         fn a_running_job_is_offered_turns_and_the_timer_stops_after() {
