@@ -1,5 +1,5 @@
 //! Turns: while a hash runs, its thread offers its core back every
-//! [`TURN`].
+//! [`TURN`] while others take it, and less often while nobody does.
 //!
 //! A hashing thread runs at a lower priority, but the scheduler only looks
 //! again at who should run when the running thread blocks, yields, or the
@@ -11,14 +11,47 @@
 //! handler calls `sched_yield`. When nothing else wants the core, the yield
 //! returns at once and the hash goes on.
 //!
+//! A turn nobody takes still costs a timer interrupt and a signal, which
+//! on a virtual machine add up to a few per cent of a hash at a thousand a
+//! second. So the turn adapts: each hash starts offering every [`TURN`];
+//! a yield that comes straight back (nobody took the core) doubles the
+//! turn, up to [`QUIET_TURN`], the tick's own period, by which the kernel
+//! looks again anyway; a yield that gave the core away brings it back to
+//! [`TURN`]. A cheap call that wakes while the turns are long is not kept
+//! waiting by them: a thread that wakes with a higher priority than the
+//! running hash is let in by the scheduler at once; the turns are for
+//! calls that are already waiting their turn, and those are seen at the
+//! next yield.
+//!
 //! Linux only; elsewhere [`Turns::for_this_thread`] gives `None` and hashes
 //! run as they always did.
 
 use std::time::Duration;
 
-/// How often a running hash offers its core back.
+/// How often a running hash offers its core back while others take it.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub const TURN: Duration = Duration::from_millis(1);
+
+/// The longest a turn grows while nobody takes the core: one tick of a
+/// 250 Hz kernel, when the scheduler looks again by itself.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub const QUIET_TURN: Duration = Duration::from_millis(4);
+
+/// A yield that kept the core from the hash for less than this gave it to
+/// nobody: a yield with no one waiting takes a few microseconds, and a
+/// switch to another thread and back more.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+const GAVE_WAY_AFTER: Duration = Duration::from_micros(20);
+
+/// The turn after one of `turn` whose yield kept the core away for `away`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn next_turn(turn: Duration, away: Duration) -> Duration {
+    if away >= GAVE_WAY_AFTER {
+        TURN
+    } else {
+        (turn * 2).min(QUIET_TURN)
+    }
+}
 
 #[cfg(target_os = "linux")]
 pub use linux::Turns;
@@ -48,17 +81,29 @@ mod linux {
         ffi::c_int,
         sync::{
             OnceLock,
-            atomic::{AtomicU64, Ordering},
+            atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering, compiler_fence},
         },
+        time::Duration,
     };
 
-    use super::TURN;
+    use super::{TURN, next_turn};
 
+    // The signal handler touches these, so they are `const` and without a
+    // destructor. Atomics only to share them with the handler, which runs
+    // on the same thread.
     thread_local! {
         /// How many turns this thread has offered (read by the tests).
-        /// `const` and without a destructor, so the signal handler may
-        /// touch it.
         static OFFERED: AtomicU64 = const { AtomicU64::new(0) };
+        /// Whether a job runs under turns on this thread; between jobs the
+        /// handler leaves the timer alone.
+        static RUNNING: AtomicBool = const { AtomicBool::new(false) };
+        /// The running job's turn timer (a kernel timer id: the first one
+        /// made is 0, a null pointer).
+        static TIMER: AtomicPtr<libc::c_void> = const { AtomicPtr::new(std::ptr::null_mut()) };
+        /// The running job's current turn, in nanoseconds.
+        static TURN_NANOS: AtomicU64 = const { AtomicU64::new(0) };
+        /// The longest turn this thread has reached (read by the tests).
+        static LONGEST_NANOS: AtomicU64 = const { AtomicU64::new(0) };
     }
 
     /// The signal the turn timers send: one of the real-time signals, near
@@ -67,20 +112,51 @@ mod linux {
         libc::SIGRTMAX() - 2
     }
 
-    /// The handler: give the core to whoever is waiting for it. Only
-    /// async-signal-safe work: a thread-local counter and a system call,
-    /// with `errno` as the interrupted code left it.
+    /// The handler: give the core to whoever is waiting for it, and set
+    /// the next turn by whether anybody took it. Only async-signal-safe
+    /// work: thread-local atomics and system calls (`clock_gettime`,
+    /// `sched_yield`, `timer_settime`), with `errno` as the interrupted
+    /// code left it.
     extern "C" fn offer_the_core(_signal: c_int) {
         OFFERED.with(|offered| offered.fetch_add(1, Ordering::Relaxed));
         // SAFETY: `__errno_location` gives this thread's errno, valid for
-        // the thread's life; sched_yield takes nothing and is
-        // async-signal-safe.
+        // the thread's life; the calls are async-signal-safe, and the timer
+        // is the running job's, alive until its `Disarm` has cleared
+        // `RUNNING` (a handler that interrupts `Disarm` before that may
+        // re-arm it, and `Disarm` then stops it).
         unsafe {
             let errno = libc::__errno_location();
             let saved = *errno;
+            let before = now();
             libc::sched_yield();
+            let away = now().saturating_sub(before);
+            if RUNNING.with(|running| running.load(Ordering::Relaxed)) {
+                let timer = TIMER.with(|timer| timer.load(Ordering::Relaxed));
+                let turn = Duration::from_nanos(TURN_NANOS.with(|t| t.load(Ordering::Relaxed)));
+                let next = next_turn(turn, away);
+                if next != turn {
+                    TURN_NANOS.with(|t| t.store(nanos(next), Ordering::Relaxed));
+                    LONGEST_NANOS.with(|l| l.fetch_max(nanos(next), Ordering::Relaxed));
+                    set(timer, every(next));
+                }
+            }
             *errno = saved;
         }
+    }
+
+    /// The monotonic clock (vDSO, async-signal-safe).
+    fn now() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is written by the call; the clock always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    fn nanos(d: Duration) -> u64 {
+        d.as_nanos() as u64
     }
 
     /// Installs the handler once for the process. `false` when the signal
@@ -147,22 +223,16 @@ mod linux {
             }
         }
 
-        /// Runs `job` with the timer armed, and disarms it after, also when
-        /// `job` panics.
+        /// Runs `job` with the timer armed from a turn of [`TURN`], and
+        /// disarms it after, also when `job` panics.
         pub fn during<T>(&self, job: impl FnOnce() -> T) -> T {
-            let interval = timespec(TURN);
-            self.set(libc::itimerspec {
-                it_interval: interval,
-                it_value: interval,
-            });
+            TURN_NANOS.with(|t| t.store(nanos(TURN), Ordering::Relaxed));
+            TIMER.with(|timer| timer.store(self.timer, Ordering::Relaxed));
+            RUNNING.with(|running| running.store(true, Ordering::Relaxed));
+            compiler_fence(Ordering::SeqCst);
+            set(self.timer, every(TURN));
             let _disarm = Disarm(self);
             job()
-        }
-
-        fn set(&self, spec: libc::itimerspec) {
-            // SAFETY: the timer is this value's and alive; `spec` is read
-            // only; the old value is not asked for.
-            unsafe { libc::timer_settime(self.timer, 0, &spec, std::ptr::null_mut()) };
         }
 
         /// Whether the timer is running (tests).
@@ -191,18 +261,29 @@ mod linux {
 
     impl Drop for Disarm<'_> {
         fn drop(&mut self) {
-            let zero = timespec(std::time::Duration::ZERO);
-            self.0.set(libc::itimerspec {
-                it_interval: zero,
-                it_value: zero,
-            });
+            // First keep the handler off the timer, then stop it.
+            RUNNING.with(|running| running.store(false, Ordering::Relaxed));
+            compiler_fence(Ordering::SeqCst);
+            set(self.0.timer, every(Duration::ZERO));
         }
     }
 
-    fn timespec(d: std::time::Duration) -> libc::timespec {
-        libc::timespec {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_nsec: d.subsec_nanos().into(),
+    /// Sets `timer` (alive) to `spec`.
+    fn set(timer: libc::timer_t, spec: libc::itimerspec) {
+        // SAFETY: the caller's timer is alive; `spec` is read only; the old
+        // value is not asked for.
+        unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
+    }
+
+    /// A timer setting that fires every `turn` from now (stopped if zero).
+    fn every(turn: Duration) -> libc::itimerspec {
+        let interval = libc::timespec {
+            tv_sec: turn.as_secs() as libc::time_t,
+            tv_nsec: turn.subsec_nanos().into(),
+        };
+        libc::itimerspec {
+            it_interval: interval,
+            it_value: interval,
         }
     }
 
@@ -210,6 +291,12 @@ mod linux {
     #[cfg(test)]
     pub fn offered() -> u64 {
         OFFERED.with(|offered| offered.load(Ordering::Relaxed))
+    }
+
+    /// The longest turn the calling thread has reached (tests).
+    #[cfg(test)]
+    fn longest() -> Duration {
+        Duration::from_nanos(LONGEST_NANOS.with(|l| l.load(Ordering::Relaxed)))
     }
 
     #[cfg(test)]
@@ -236,6 +323,23 @@ mod linux {
                 offered() - before
             });
             assert!(during > 0, "no turn offered while the job ran");
+            assert!(!turns.armed(), "the timer still runs after the job");
+        }
+
+        #[test]
+        fn turns_nobody_takes_grow_to_the_quiet_turn() {
+            let turns = Turns::for_this_thread().expect("a turn timer");
+            // Run until a yield has come straight back and the turn grown,
+            // as a hash alone on its core would.
+            let grew = turns.during(|| {
+                let cap = Instant::now() + Duration::from_secs(10);
+                while longest() <= TURN && Instant::now() < cap {
+                    std::hint::spin_loop();
+                }
+                longest()
+            });
+            assert!(grew > TURN, "the turn never grew past {TURN:?}");
+            assert!(grew <= super::super::QUIET_TURN);
             assert!(!turns.armed(), "the timer still runs after the job");
         }
 
@@ -296,5 +400,20 @@ mod linux {
             assert!(crate::password::verify_here(b"a shared core", &hash).expect("a valid hash"));
             assert!(offered() > before, "no turn offered on a shared core");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_turn_someone_took_starts_over_and_one_nobody_took_doubles() {
+        let moment = Duration::from_micros(2);
+        assert_eq!(next_turn(TURN, moment), TURN * 2);
+        assert_eq!(next_turn(TURN * 2, moment), QUIET_TURN);
+        assert_eq!(next_turn(QUIET_TURN, moment), QUIET_TURN);
+        assert_eq!(next_turn(QUIET_TURN, GAVE_WAY_AFTER), TURN);
+        assert_eq!(next_turn(TURN, Duration::from_millis(3)), TURN);
     }
 }
