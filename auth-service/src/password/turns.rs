@@ -13,15 +13,15 @@
 //!
 //! A turn nobody takes still costs a timer interrupt and a signal, which
 //! on a virtual machine add up to a few per cent of a hash at a thousand a
-//! second. So the turn adapts: each hash starts offering every [`TURN`];
-//! a yield that comes straight back (nobody took the core) doubles the
-//! turn, up to [`QUIET_TURN`], the tick's own period, by which the kernel
-//! looks again anyway; a yield that gave the core away brings it back to
-//! [`TURN`]. A cheap call that wakes while the turns are long is not kept
-//! waiting by them: a thread that wakes with a higher priority than the
-//! running hash is let in by the scheduler at once; the turns are for
-//! calls that are already waiting their turn, and those are seen at the
-//! next yield.
+//! second. So the turn adapts, by how long the hash was off its core since
+//! the last turn (wall time less the thread's own CPU time): a turn in
+//! which anybody else ran (its yield gave the core away, or a thread woke
+//! and took it) starts over at [`TURN`]; [`QUIET_TURNS_TO_GROW`] turns in a
+//! row that nobody else took double it, up to [`QUIET_TURN`], the tick's
+//! own period, by which the kernel looks again anyway. A thread keeps its
+//! turn from one hash to the next. So on a core that cheap calls keep busy
+//! (they come and go, and leave few quiet stretches) the turns stay short,
+//! and a hashing thread alone on its core offers it a quarter as often.
 //!
 //! Linux only; elsewhere [`Turns::for_this_thread`] gives `None` and hashes
 //! run as they always did.
@@ -37,19 +37,27 @@ pub const TURN: Duration = Duration::from_millis(1);
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub const QUIET_TURN: Duration = Duration::from_millis(4);
 
-/// A yield that kept the core from the hash for less than this gave it to
-/// nobody: a yield with no one waiting takes a few microseconds, and a
-/// switch to another thread and back more.
+/// A hash off its core for less than this in a turn gave it to nobody: a
+/// yield with no one waiting takes a few microseconds, a switch to another
+/// thread and back more.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const GAVE_WAY_AFTER: Duration = Duration::from_micros(20);
 
-/// The turn after one of `turn` whose yield kept the core away for `away`.
+/// How many turns in a row nobody else takes before the turn doubles.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn next_turn(turn: Duration, away: Duration) -> Duration {
+const QUIET_TURNS_TO_GROW: u32 = 8;
+
+/// The turn after one of `turn`, in which the hash was off its core for
+/// `away`, when `quiet` turns in a row before it were nobody else's; and
+/// that count after it.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn next_turn(turn: Duration, quiet: u32, away: Duration) -> (Duration, u32) {
     if away >= GAVE_WAY_AFTER {
-        TURN
+        (TURN, 0)
+    } else if quiet + 1 >= QUIET_TURNS_TO_GROW {
+        ((turn * 2).min(QUIET_TURN), 0)
     } else {
-        (turn * 2).min(QUIET_TURN)
+        (turn, quiet + 1)
     }
 }
 
@@ -81,7 +89,7 @@ mod linux {
         ffi::c_int,
         sync::{
             OnceLock,
-            atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering, compiler_fence},
+            atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering, compiler_fence},
         },
         time::Duration,
     };
@@ -100,8 +108,15 @@ mod linux {
         /// The running job's turn timer (a kernel timer id: the first one
         /// made is 0, a null pointer).
         static TIMER: AtomicPtr<libc::c_void> = const { AtomicPtr::new(std::ptr::null_mut()) };
-        /// The running job's current turn, in nanoseconds.
+        /// This thread's current turn, in nanoseconds (0: not yet set),
+        /// kept from one job to the next.
         static TURN_NANOS: AtomicU64 = const { AtomicU64::new(0) };
+        /// How many turns in a row nobody else has taken.
+        static QUIET: AtomicU32 = const { AtomicU32::new(0) };
+        /// The monotonic clock and the thread's CPU clock at the last turn
+        /// (or the job's start), in nanoseconds.
+        static LAST_WALL: AtomicU64 = const { AtomicU64::new(0) };
+        static LAST_CPU: AtomicU64 = const { AtomicU64::new(0) };
         /// The longest turn this thread has reached (read by the tests).
         static LONGEST_NANOS: AtomicU64 = const { AtomicU64::new(0) };
     }
@@ -113,10 +128,10 @@ mod linux {
     }
 
     /// The handler: give the core to whoever is waiting for it, and set
-    /// the next turn by whether anybody took it. Only async-signal-safe
-    /// work: thread-local atomics and system calls (`clock_gettime`,
-    /// `sched_yield`, `timer_settime`), with `errno` as the interrupted
-    /// code left it.
+    /// the next turn by whether anybody had it since the last. Only
+    /// async-signal-safe work: thread-local atomics and system calls
+    /// (`clock_gettime`, `sched_yield`, `timer_settime`), with `errno` as
+    /// the interrupted code left it.
     extern "C" fn offer_the_core(_signal: c_int) {
         OFFERED.with(|offered| offered.fetch_add(1, Ordering::Relaxed));
         // SAFETY: `__errno_location` gives this thread's errno, valid for
@@ -127,13 +142,14 @@ mod linux {
         unsafe {
             let errno = libc::__errno_location();
             let saved = *errno;
-            let before = now();
             libc::sched_yield();
-            let away = now().saturating_sub(before);
             if RUNNING.with(|running| running.load(Ordering::Relaxed)) {
+                let away = off_core_since_last_turn();
                 let timer = TIMER.with(|timer| timer.load(Ordering::Relaxed));
                 let turn = Duration::from_nanos(TURN_NANOS.with(|t| t.load(Ordering::Relaxed)));
-                let next = next_turn(turn, away);
+                let quiet = QUIET.with(|q| q.load(Ordering::Relaxed));
+                let (next, quiet) = next_turn(turn, quiet, away);
+                QUIET.with(|q| q.store(quiet, Ordering::Relaxed));
                 if next != turn {
                     TURN_NANOS.with(|t| t.store(nanos(next), Ordering::Relaxed));
                     LONGEST_NANOS.with(|l| l.fetch_max(nanos(next), Ordering::Relaxed));
@@ -144,15 +160,36 @@ mod linux {
         }
     }
 
-    /// The monotonic clock (vDSO, async-signal-safe).
-    fn now() -> Duration {
+    /// How long this thread was off its core since the last turn (wall
+    /// time less its own CPU time), and the clocks noted for the next.
+    fn off_core_since_last_turn() -> Duration {
+        let (wall, cpu) = (
+            clock(libc::CLOCK_MONOTONIC),
+            clock(libc::CLOCK_THREAD_CPUTIME_ID),
+        );
+        let last_wall = LAST_WALL.with(|t| t.swap(wall, Ordering::Relaxed));
+        let last_cpu = LAST_CPU.with(|t| t.swap(cpu, Ordering::Relaxed));
+        let off = wall
+            .saturating_sub(last_wall)
+            .saturating_sub(cpu.saturating_sub(last_cpu));
+        Duration::from_nanos(off)
+    }
+
+    /// Notes the clocks at a job's start.
+    fn note_the_clocks() {
+        LAST_WALL.with(|t| t.store(clock(libc::CLOCK_MONOTONIC), Ordering::Relaxed));
+        LAST_CPU.with(|t| t.store(clock(libc::CLOCK_THREAD_CPUTIME_ID), Ordering::Relaxed));
+    }
+
+    /// `id`'s reading in nanoseconds (async-signal-safe).
+    fn clock(id: libc::clockid_t) -> u64 {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        // SAFETY: `ts` is written by the call; the clock always exists.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        // SAFETY: `ts` is written by the call; both clocks always exist.
+        unsafe { libc::clock_gettime(id, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
 
     fn nanos(d: Duration) -> u64 {
@@ -223,14 +260,22 @@ mod linux {
             }
         }
 
-        /// Runs `job` with the timer armed from a turn of [`TURN`], and
-        /// disarms it after, also when `job` panics.
+        /// Runs `job` with the timer armed at the thread's current turn
+        /// ([`TURN`] at first), and disarms it after, also when `job`
+        /// panics.
         pub fn during<T>(&self, job: impl FnOnce() -> T) -> T {
-            TURN_NANOS.with(|t| t.store(nanos(TURN), Ordering::Relaxed));
+            let turn = TURN_NANOS.with(|t| match t.load(Ordering::Relaxed) {
+                0 => {
+                    t.store(nanos(TURN), Ordering::Relaxed);
+                    TURN
+                }
+                turn => Duration::from_nanos(turn),
+            });
+            note_the_clocks();
             TIMER.with(|timer| timer.store(self.timer, Ordering::Relaxed));
             RUNNING.with(|running| running.store(true, Ordering::Relaxed));
             compiler_fence(Ordering::SeqCst);
-            set(self.timer, every(TURN));
+            set(self.timer, every(turn));
             let _disarm = Disarm(self);
             job()
         }
@@ -408,12 +453,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_turn_someone_took_starts_over_and_one_nobody_took_doubles() {
+    fn a_turn_someone_took_starts_over_and_quiet_ones_in_a_row_double() {
         let moment = Duration::from_micros(2);
-        assert_eq!(next_turn(TURN, moment), TURN * 2);
-        assert_eq!(next_turn(TURN * 2, moment), QUIET_TURN);
-        assert_eq!(next_turn(QUIET_TURN, moment), QUIET_TURN);
-        assert_eq!(next_turn(QUIET_TURN, GAVE_WAY_AFTER), TURN);
-        assert_eq!(next_turn(TURN, Duration::from_millis(3)), TURN);
+        let last = QUIET_TURNS_TO_GROW - 1;
+        assert_eq!(next_turn(TURN, 0, moment), (TURN, 1));
+        assert_eq!(next_turn(TURN, last - 1, moment), (TURN, last));
+        assert_eq!(next_turn(TURN, last, moment), (TURN * 2, 0));
+        assert_eq!(next_turn(TURN * 2, last, moment), (QUIET_TURN, 0));
+        assert_eq!(next_turn(QUIET_TURN, last, moment), (QUIET_TURN, 0));
+        assert_eq!(next_turn(QUIET_TURN, 3, GAVE_WAY_AFTER), (TURN, 0));
+        assert_eq!(next_turn(TURN, last, Duration::from_millis(3)), (TURN, 0));
     }
 }
