@@ -17,8 +17,8 @@
 //! scheduling priority, so that on a busy machine cheap calls (reads, token
 //! checks) go first and a login flood slows logins, not everything else;
 //! and while a hash runs, its thread offers its core back every millisecond
-//! while others take it ([`turns`]), so that a cheap call waits for at most
-//! that long behind a hash; alone, it offers less often.
+//! ([`turns`]), so that a cheap call waits for at most that long behind a
+//! hash.
 
 use std::{
     cell::RefCell,
