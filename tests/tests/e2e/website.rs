@@ -631,3 +631,46 @@ async fn the_auth_service_counts_each_visitors_address_not_the_websites() {
         .await;
     assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS, "{}", page.body);
 }
+
+#[tokio::test]
+async fn a_cookie_whose_session_ended_still_reads_public_pages() {
+    let stack = spawn_stack().await;
+    let site = Site::start(&stack).await;
+    let mut alice = site.visitor();
+    alice.register("alice").await;
+    let post = alice.publish("Public", "Anyone may read this.").await;
+    // A copy of the cookie outlives the session it holds (another tab, a
+    // stolen copy): logging out ends the session at the services.
+    let stale = alice.cookie.clone();
+    alice.submit("/", "/logout", &[]).await.assert_redirect("/");
+
+    // Wait until the posts-service refuses the stale tokens: a post from
+    // the stale cookie is then sent to log in.
+    crate::helpers::eventually(
+        Duration::from_secs(10),
+        "the posts-service to learn the session ended",
+        || {
+            let mut stale_visitor = site.visitor();
+            stale_visitor.cookie = stale.clone();
+            async move {
+                let page = stale_visitor
+                    .submit(
+                        "/posts/new",
+                        "/posts/new",
+                        &[("title", "Probe"), ("content", "Refused?")],
+                    )
+                    .await;
+                page.status == StatusCode::SEE_OTHER && page.location().starts_with("/login")
+            }
+        },
+    )
+    .await;
+
+    // Reading needs no token, so the dead one does not get in the way.
+    for path in ["/", post.as_str()] {
+        alice.cookie = stale.clone();
+        let page = alice.get(path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
+        assert!(page.body.contains("Public"), "{path}: {}", page.body);
+    }
+}
